@@ -1,0 +1,3 @@
+//! libqb-compatible IPC server of pmxcfs
+
+#![deny(unsafe_op_in_unsafe_fn)]

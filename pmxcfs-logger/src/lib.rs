@@ -1,0 +1,3 @@
+//! pmxcfs cluster log: ring buffer, dedup, merge
+
+#![deny(unsafe_op_in_unsafe_fn)]

@@ -1,0 +1,367 @@
+//! The SQLite side: schema, pragmas, load with validation, one transaction
+//! per mutation (database.c).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags};
+
+use pmxcfs_api_types::{FileKind, Inode, DT_REG};
+
+use crate::error::MemDbError;
+use crate::tree::{Entry, Tree};
+
+pub(crate) const VERSION_NAME: &str = "__version__";
+
+const SQL_CREATE: &str = "CREATE TABLE IF NOT EXISTS tree (\
+  inode INTEGER PRIMARY KEY NOT NULL,\
+  parent INTEGER NOT NULL CHECK(typeof(parent)=='integer'),\
+  version INTEGER NOT NULL CHECK(typeof(version)=='integer'),\
+  writer INTEGER NOT NULL CHECK(typeof(writer)=='integer'),\
+  mtime INTEGER NOT NULL CHECK(typeof(mtime)=='integer'),\
+  type INTEGER NOT NULL CHECK(typeof(type)=='integer'),\
+  name TEXT NOT NULL,\
+  data BLOB);";
+
+const SQL_LOAD: &str = "SELECT inode, parent, version, writer, mtime, type, name, data FROM tree;";
+const SQL_REPLACE: &str = "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8);";
+const SQL_DELETE: &str = "DELETE FROM tree WHERE inode = ?1;";
+
+/// The root fields stored in the `__version__` row.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RootRow {
+    pub version: u64,
+    pub writer: u32,
+    pub mtime: u32,
+}
+
+/// What one mutation writes.
+pub(crate) struct RowWrite<'a> {
+    pub entry: Option<&'a Entry>,
+    pub delete: Option<Inode>,
+    pub root: RootRow,
+}
+
+pub(crate) struct Backend {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Backend {
+    /// Open (or create) the database and load the tree, writing nothing:
+    /// a database that fails a check is left exactly as it was.
+    pub fn open(path: &Path) -> Result<(Backend, Tree), MemDbError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| MemDbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let backend = Backend {
+            conn,
+            path: path.to_path_buf(),
+        };
+        backend
+            .conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| backend.err("set busy timeout", e))?;
+
+        // Probe the file before any write: "file is not a database" shows here.
+        let has_table: bool = backend
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='tree'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|source| MemDbError::NotADatabase {
+                path: path.to_path_buf(),
+                source,
+            })?;
+
+        let tree = if has_table {
+            backend.load()?
+        } else {
+            Tree::new_root(0, 0, 0)
+        };
+        Ok((backend, tree))
+    }
+
+    /// Make the file ready for writes: mode 0600, WAL, synchronous=NORMAL,
+    /// the table, and a `__version__` row (version 1) for a new database.
+    /// Called only once the loaded tree passed every check.
+    pub fn init(&self, tree: &mut Tree) -> Result<(), MemDbError> {
+        let path = &self.path;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|source| MemDbError::Chmod {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL;", [], |r| r.get(0))
+            .map_err(|e| self.err("set WAL mode", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(MemDbError::Inconsistent {
+                path: path.to_path_buf(),
+                reason: format!("unable to set WAL mode (got '{mode}')"),
+            });
+        }
+        self.conn
+            .execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(|e| self.err("set synchronous mode", e))?;
+        self.conn
+            .execute_batch(SQL_CREATE)
+            .map_err(|e| self.err("init database", e))?;
+        if tree.root().version == 0 {
+            let root = tree.root_mut();
+            root.version = 1;
+            root.mtime = now();
+            let row = RootRow {
+                version: root.version,
+                writer: root.writer,
+                mtime: root.mtime,
+            };
+            self.write(&RowWrite {
+                entry: None,
+                delete: None,
+                root: row,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn err(&self, what: &'static str, source: rusqlite::Error) -> MemDbError {
+        MemDbError::Sqlite {
+            path: self.path.clone(),
+            what,
+            source,
+        }
+    }
+
+    fn bad_row(&self, inode: u64, parent: u64, name: &str, reason: impl Into<String>) -> MemDbError {
+        MemDbError::BadRow {
+            path: self.path.clone(),
+            inode,
+            parent,
+            name: name.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Load all rows and check them as `bdb_backend_load_index` does.
+    fn load(&self) -> Result<Tree, MemDbError> {
+        let mut stmt = self
+            .conn
+            .prepare(SQL_LOAD)
+            .map_err(|e| self.err("prepare load", e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err("load", e))?;
+        let mut root: Option<(u64, u32, u32)> = None;
+        let mut all: HashMap<u64, Entry> = HashMap::new();
+        while let Some(row) = rows.next().map_err(|e| self.err("load", e))? {
+            let int = |i: usize| -> Result<i64, MemDbError> {
+                match row.get_ref(i).map_err(|e| self.err("load", e))? {
+                    ValueRef::Integer(v) => Ok(v),
+                    _ => Err(self.err(
+                        "load",
+                        rusqlite::Error::InvalidColumnType(
+                            i,
+                            "non-integer".into(),
+                            rusqlite::types::Type::Integer,
+                        ),
+                    )),
+                }
+            };
+            let inode = int(0)? as u64;
+            let parent = int(1)? as u64;
+            let version = int(2)? as u64;
+            // The C loader keeps the low 32 / 8 bits of these columns.
+            let writer = (int(3)? & 0xffff_ffff) as u32;
+            let mtime = (int(4)? & 0xffff_ffff) as u32;
+            let dt = (int(5)? & 0xff) as u8;
+            let name_bytes: Vec<u8> = match row.get_ref(6).map_err(|e| self.err("load", e))? {
+                ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+                ValueRef::Null => Vec::new(),
+                ValueRef::Integer(i) => i.to_string().into_bytes(),
+                ValueRef::Real(f) => f.to_string().into_bytes(),
+            };
+            let data: Vec<u8> = match row.get_ref(7).map_err(|e| self.err("load", e))? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+                ValueRef::Null => Vec::new(),
+                _ => return Err(self.bad_row(inode, parent, "", "data is not a blob")),
+            };
+            let name = match String::from_utf8(name_bytes) {
+                Ok(n) => n,
+                Err(e) => {
+                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    return Err(self.bad_row(inode, parent, &lossy, "name is not valid UTF-8"));
+                }
+            };
+            if name.is_empty() {
+                return Err(self.bad_row(inode, parent, &name, "inode has no name"));
+            }
+            let kind = FileKind::from_dt(dt).ok_or_else(|| {
+                self.bad_row(inode, parent, &name, format!("inode has unknown type {dt}"))
+            })?;
+            if kind == FileKind::Dir && !data.is_empty() {
+                return Err(self.bad_row(inode, parent, &name, "directory inode contains data"));
+            }
+            if data.len() as u64 > pmxcfs_api_types::MAX_FILE_SIZE {
+                return Err(self.bad_row(inode, parent, &name, "file is larger than 1 MiB"));
+            }
+            if inode == 0 {
+                if name != VERSION_NAME {
+                    return Err(self.bad_row(inode, parent, &name, "root inode has unexpected name"));
+                }
+                root = Some((version, writer, mtime));
+                continue;
+            }
+            let entry = Entry {
+                inode: Inode(inode),
+                parent: Inode(parent),
+                version,
+                writer,
+                mtime,
+                kind,
+                name,
+                data,
+                children: BTreeMap::new(),
+            };
+            all.insert(inode, entry);
+        }
+        drop(rows);
+
+        let (version, writer, mtime) = root.unwrap_or((0, 0, 0));
+        let mut tree = Tree::new_root(version, writer, mtime);
+
+        // Link children to parents; deterministic order for error messages.
+        let mut inodes: Vec<u64> = all.keys().copied().collect();
+        inodes.sort_unstable();
+        for inode in &inodes {
+            let e = &all[inode];
+            let parent_is_dir = if e.parent.0 == 0 {
+                true
+            } else {
+                match all.get(&e.parent.0) {
+                    Some(p) => p.is_dir(),
+                    None => {
+                        return Err(self.bad_row(
+                            e.inode.0,
+                            e.parent.0,
+                            &e.name,
+                            "missing directory inode (parent does not exist)",
+                        ))
+                    }
+                }
+            };
+            if !parent_is_dir {
+                return Err(self.bad_row(e.inode.0, e.parent.0, &e.name, "parent is not a directory"));
+            }
+        }
+        let mut children: HashMap<u64, BTreeMap<String, Inode>> = HashMap::new();
+        for inode in &inodes {
+            let e = &all[inode];
+            let siblings = children.entry(e.parent.0).or_default();
+            if let Some(other) = siblings.insert(e.name.clone(), e.inode) {
+                return Err(self.bad_row(
+                    e.inode.0,
+                    e.parent.0,
+                    &e.name,
+                    format!("found entry with duplicate name (also inode {:016X})", other.0),
+                ));
+            }
+        }
+        if let Some(c) = children.remove(&0) {
+            tree.root_mut().children = c;
+        }
+        for (inode, mut e) in all {
+            if let Some(c) = children.remove(&inode) {
+                e.children = c;
+            }
+            tree.entries.insert(Inode(inode), e);
+        }
+        // Every entry must be reachable from the root (no cycles).
+        let mut reachable = 0usize;
+        let mut stack = vec![Inode::ROOT];
+        while let Some(i) = stack.pop() {
+            reachable += 1;
+            if let Some(e) = tree.entries.get(&i) {
+                stack.extend(e.children.values().copied());
+            }
+        }
+        if reachable != tree.entries.len() {
+            return Err(MemDbError::Inconsistent {
+                path: self.path.clone(),
+                reason: format!(
+                    "{} entries are not reachable from the root (parent cycle)",
+                    tree.entries.len() - reachable
+                ),
+            });
+        }
+        Ok(tree)
+    }
+
+    /// One mutation, one transaction: delete the replaced inode, replace the
+    /// entry, replace `__version__`. Nothing is kept on error.
+    pub fn write(&self, w: &RowWrite<'_>) -> Result<(), MemDbError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.err("begin transaction", e))?;
+        if let Some(del) = w.delete {
+            tx.prepare_cached(SQL_DELETE)
+                .and_then(|mut s| s.execute(params![del.0 as i64]))
+                .map_err(|e| self.err("delete inode", e))?;
+        }
+        let mut replace = tx
+            .prepare_cached(SQL_REPLACE)
+            .map_err(|e| self.err("prepare replace", e))?;
+        if let Some(e) = w.entry {
+            let data: Option<&[u8]> = if e.data.is_empty() { None } else { Some(&e.data) };
+            replace
+                .execute(params![
+                    e.inode.0 as i64,
+                    e.parent.0 as i64,
+                    e.version as i64,
+                    e.writer as i64,
+                    e.mtime as i64,
+                    e.kind.dt() as i64,
+                    e.name,
+                    data
+                ])
+                .map_err(|e| self.err("write inode", e))?;
+        }
+        replace
+            .execute(params![
+                0i64,
+                0i64,
+                w.root.version as i64,
+                w.root.writer as i64,
+                w.root.mtime as i64,
+                DT_REG as i64,
+                VERSION_NAME,
+                Option::<&[u8]>::None
+            ])
+            .map_err(|e| self.err("write version", e))?;
+        drop(replace);
+        tx.commit().map_err(|e| self.err("commit transaction", e))
+    }
+
+    /// Merge the WAL into the database file (on clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), MemDbError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| self.err("checkpoint", e))
+    }
+}
+
+pub(crate) fn now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}

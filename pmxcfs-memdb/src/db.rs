@@ -1,0 +1,620 @@
+//! [`MemDb`]: the tree, its SQLite backend, the lock cache and the VM list
+//! behind one mutex, with [`MemDb::apply`] as the only write path.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pmxcfs_api_types::{
+    path_is_lockdir, Errno, FileKind, Inode, Operation, VmType, BLOCK_SIZE, MAX_FILE_SIZE,
+    MAX_FS_SIZE, MAX_INODES,
+};
+
+use crate::backend::{now, Backend, RootRow, RowWrite};
+use crate::error::MemDbError;
+use crate::index;
+use crate::locks::LockCache;
+use crate::path::{dir_contains_vm_config, is_bad_name, path_contains_vm_config, split_path};
+use crate::tree::{Entry, Tree};
+use crate::vmlist::{VmEntry, VmList};
+
+/// Told about changes so that `.version` can count them (status.c
+/// `record_memdb_change` / `record_memdb_reload`). Called with the database
+/// lock held: implementations must not call back into the database.
+pub trait ChangeObserver: Send + Sync {
+    /// A mutation touched exactly this path (relative, no leading slash).
+    fn path_changed(&self, path: &str);
+    /// The whole tree was (re)loaded.
+    fn reloaded(&self);
+}
+
+/// Metadata of one entry, copied out of the tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryAttr {
+    pub inode: Inode,
+    pub parent: Inode,
+    pub version: u64,
+    pub writer: u32,
+    pub mtime: u32,
+    pub kind: FileKind,
+    pub size: u32,
+    pub name: String,
+}
+
+impl EntryAttr {
+    fn of(e: &Entry) -> Self {
+        EntryAttr {
+            inode: e.inode,
+            parent: e.parent,
+            version: e.version,
+            writer: e.writer,
+            mtime: e.mtime,
+            kind: e.kind,
+            size: e.size(),
+            name: e.name.clone(),
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: EntryAttr,
+}
+
+/// statfs figures (`memdb_statfs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub bsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namemax: u32,
+}
+
+struct Inner {
+    backend: Backend,
+    tree: Tree,
+    /// Set once a database write failed; every later mutation gets EIO.
+    errors: bool,
+    locks: LockCache,
+    vmlist: VmList,
+}
+
+/// The database. Cheap to share behind an `Arc`.
+pub struct MemDb {
+    inner: Mutex<Inner>,
+    observer: Option<Arc<dyn ChangeObserver>>,
+}
+
+fn normalize(path: &str) -> &str {
+    path.trim_start_matches('/')
+}
+
+impl MemDb {
+    /// Open or create the database, load and validate the tree, rebuild the
+    /// VM list and the lock cache (`memdb_open`).
+    pub fn open(path: &Path, observer: Option<Arc<dyn ChangeObserver>>) -> Result<Self, MemDbError> {
+        let (backend, tree) = Backend::open(path)?;
+        let mut inner = Inner {
+            backend,
+            tree,
+            errors: false,
+            locks: LockCache::default(),
+            vmlist: VmList::default(),
+        };
+        let dups = inner.rebuild_vmlist();
+        if !dups.is_empty() {
+            return Err(MemDbError::Inconsistent {
+                path: path.to_path_buf(),
+                reason: format!("detected duplicate VMID(s) {dups:?}"),
+            });
+        }
+        inner.backend.init(&mut inner.tree)?;
+        inner.rebuild_locks();
+        if let Some(o) = &observer {
+            o.reloaded();
+        }
+        tracing::debug!(
+            "memdb open '{}' successful (version = {})",
+            path.display(),
+            inner.tree.root().version
+        );
+        Ok(MemDb {
+            inner: Mutex::new(inner),
+            observer,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the tree half-changed
+        // (mutations are applied after the database commit, as a whole), so
+        // a poisoned lock is safe to use.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self, path: &str) {
+        if let Some(o) = &self.observer {
+            o.path_changed(path);
+        }
+    }
+
+    /// Apply one mutation, as the node `writer` did it at `mtime`. Returns
+    /// the byte count for writes and 0 for everything else.
+    pub fn apply(&self, op: &Operation, writer: u32, mtime: u32) -> Result<usize, Errno> {
+        let mut inner = self.lock();
+        if inner.errors {
+            return Err(Errno::EIO);
+        }
+        match op {
+            Operation::Write {
+                path,
+                offset,
+                data,
+                truncate,
+            } => self.pwrite(&mut inner, normalize(path), writer, mtime, data, *offset, *truncate, false),
+            Operation::Create { path } => {
+                self.pwrite(&mut inner, normalize(path), writer, mtime, &[], 0, false, true)
+            }
+            Operation::Mkdir { path } => self.mkdir(&mut inner, normalize(path), writer, mtime),
+            Operation::Delete { path } => self.delete(&mut inner, normalize(path), writer, mtime),
+            Operation::Rename { from, to } => {
+                self.rename(&mut inner, normalize(from), normalize(to), writer, mtime)
+            }
+            Operation::Mtime { path, mtime } => {
+                self.set_mtime(&mut inner, normalize(path), writer, *mtime)
+            }
+            // Only the lowest node id acts on a request; that decision needs
+            // the membership and is made by the cluster layer.
+            Operation::UnlockRequest { .. } => Ok(0),
+            Operation::Unlock { path, csum } => {
+                let path = normalize(path);
+                let matches = inner
+                    .tree
+                    .lookup_entry(path)
+                    .is_some_and(|e| e.is_dir() && path_is_lockdir(path) && index::entry_csum(e) == *csum);
+                if matches {
+                    self.delete(&mut inner, path, writer, mtime)
+                } else {
+                    Ok(0)
+                }
+            }
+        }
+        .map(|n| n as usize)
+    }
+
+    fn commit(inner: &mut Inner, entry: Option<&Entry>, delete: Option<Inode>, writer: u32, mtime: u32) -> Result<u64, Errno> {
+        let version = inner.tree.root().version + 1;
+        let root = RootRow {
+            version,
+            writer,
+            mtime,
+        };
+        if let Err(e) = inner.backend.write(&RowWrite { entry, delete, root }) {
+            tracing::error!("{e}");
+            inner.errors = true;
+            return Err(Errno::EIO);
+        }
+        let r = inner.tree.root_mut();
+        r.version = version;
+        r.writer = writer;
+        r.mtime = mtime;
+        Ok(version)
+    }
+
+    /// Resolve the parent directory of a path for creating/changing `base`.
+    fn parent_dir<'a>(inner: &Inner, path: &'a str) -> Result<(Inode, &'a str, &'a str), Errno> {
+        let (dirname, base) = split_path(path);
+        let parent = inner.tree.lookup(dirname).1.ok_or(Errno::ENOENT)?;
+        if !inner.tree.get(parent).is_some_and(|p| p.is_dir()) {
+            return Err(Errno::ENOTDIR);
+        }
+        if is_bad_name(base) {
+            return Err(Errno::EACCES);
+        }
+        Ok((parent, dirname, base))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pwrite(
+        &self,
+        inner: &mut Inner,
+        path: &str,
+        writer: u32,
+        mtime: u32,
+        data: &[u8],
+        offset: u64,
+        truncate: bool,
+        create: bool,
+    ) -> Result<u32, Errno> {
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let (parent, _, base) = Self::parent_dir(inner, path)?;
+        let vm = path_contains_vm_config(path);
+        if let Some((node, vmtype, vmid)) = vm {
+            if inner.vmlist.different_vm_exists(vmtype, vmid, node) {
+                return Err(Errno::EEXIST);
+            }
+        }
+        let version = inner.tree.root().version + 1;
+        let end = end as usize;
+        let offset = offset as usize;
+        let entry = match inner.tree.child(parent, base).and_then(|i| inner.tree.get(i)) {
+            Some(old) => {
+                if old.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                if create {
+                    return Err(Errno::EEXIST);
+                }
+                let old_size = old.data.len();
+                let new_size = if end > old_size || truncate { end } else { old_size };
+                let mut buf = Vec::with_capacity(new_size);
+                buf.extend_from_slice(&old.data[..old_size.min(new_size)]);
+                buf.resize(new_size, 0);
+                buf[offset..end].copy_from_slice(data);
+                Entry {
+                    version,
+                    writer,
+                    mtime,
+                    data: buf,
+                    children: Default::default(),
+                    name: old.name.clone(),
+                    ..*old
+                }
+            }
+            None => {
+                if !create {
+                    return Err(Errno::ENOENT);
+                }
+                let mut buf = vec![0u8; end];
+                buf[offset..end].copy_from_slice(data);
+                Entry {
+                    inode: Inode(version),
+                    parent,
+                    version,
+                    writer,
+                    mtime,
+                    kind: FileKind::File,
+                    name: base.to_string(),
+                    data: buf,
+                    children: Default::default(),
+                }
+            }
+        };
+        Self::commit(inner, Some(&entry), None, writer, mtime)?;
+        inner.tree.insert(entry);
+        self.changed(path);
+        if let Some((node, vmtype, vmid)) = vm {
+            inner.vmlist.register(vmtype, vmid, node);
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn mkdir(&self, inner: &mut Inner, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let (parent, dirname, base) = Self::parent_dir(inner, path)?;
+        if inner.tree.child(parent, base).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let version = inner.tree.root().version + 1;
+        let entry = Entry {
+            inode: Inode(version),
+            parent,
+            version,
+            writer,
+            mtime,
+            kind: FileKind::Dir,
+            name: base.to_string(),
+            data: Vec::new(),
+            children: Default::default(),
+        };
+        Self::commit(inner, Some(&entry), None, writer, mtime)?;
+        if dirname == "priv/lock" {
+            let csum = index::entry_csum(&entry);
+            inner.locks.reset(path, &csum, now());
+        }
+        inner.tree.insert(entry);
+        Ok(0)
+    }
+
+    fn delete(&self, inner: &mut Inner, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let (parent, inode) = inner.tree.lookup(path);
+        let inode = inode.ok_or(Errno::ENOENT)?;
+        if parent.is_none() {
+            return Err(Errno::EACCES);
+        }
+        let entry = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
+        let is_dir = entry.is_dir();
+        if is_dir && !entry.children.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        Self::commit(inner, None, Some(inode), writer, mtime)?;
+        inner.tree.remove(inode);
+        if is_dir {
+            inner.locks.remove(path);
+        }
+        self.changed(path);
+        // Only a file is a guest config (C also unregisters for a directory
+        // named like one; see README).
+        if !is_dir {
+            if let Some((_, _, vmid)) = path_contains_vm_config(path) {
+                inner.vmlist.delete(vmid);
+            }
+        }
+        Ok(0)
+    }
+
+    fn rename(&self, inner: &mut Inner, from: &str, to: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let (from_parent, from_inode) = inner.tree.lookup(from);
+        let from_inode = from_inode.ok_or(Errno::ENOENT)?;
+        if from_parent.is_none() {
+            return Err(Errno::EACCES);
+        }
+        let from_entry = inner.tree.get(from_inode).ok_or(Errno::ENOENT)?;
+        let from_is_dir = from_entry.is_dir();
+        let from_vm = path_contains_vm_config(from);
+        let to_vm = if from_is_dir { None } else { path_contains_vm_config(to) };
+        if let Some((node, vmtype, vmid)) = to_vm {
+            if inner.vmlist.different_vm_exists(vmtype, vmid, node)
+                && !from_vm.is_some_and(|(_, _, fv)| fv == vmid)
+            {
+                return Err(Errno::EEXIST);
+            }
+        }
+        if from_is_dir && path_is_lockdir(from) {
+            return Err(Errno::EACCES);
+        }
+        let (target_dir, base, delete) = match inner.tree.lookup(to) {
+            (Some(to_parent), Some(to_inode)) => {
+                if to_inode == from_inode {
+                    return Ok(0);
+                }
+                let t = inner.tree.get(to_inode).ok_or(Errno::ENOENT)?;
+                if t.is_dir() && !t.children.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                (to_parent, t.name.clone(), Some(to_inode))
+            }
+            (None, Some(_)) => return Err(Errno::EACCES), // the root
+            (_, None) => {
+                let (dirname, base) = split_path(to);
+                let dir = inner.tree.lookup(dirname).1.ok_or(Errno::ENOENT)?;
+                if !inner.tree.get(dir).is_some_and(|d| d.is_dir()) {
+                    return Err(Errno::ENOTDIR);
+                }
+                if is_bad_name(base) {
+                    return Err(Errno::EACCES);
+                }
+                (dir, base.to_string(), None)
+            }
+        };
+        // Only empty directories can be renamed (C: unlink_tree_entry).
+        if from_is_dir && !from_entry.children.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let version = inner.tree.root().version + 1;
+        let entry = Entry {
+            parent: target_dir,
+            name: base,
+            version,
+            writer,
+            mtime,
+            data: from_entry.data.clone(),
+            children: Default::default(),
+            ..*from_entry
+        };
+        Self::commit(inner, Some(&entry), delete, writer, mtime)?;
+        if let Some(d) = delete {
+            inner.tree.remove(d);
+        }
+        inner.tree.unlink_name(from_inode);
+        inner.tree.insert(entry);
+        self.changed(from);
+        self.changed(to);
+        if !from_is_dir {
+            if let Some((_, _, vmid)) = from_vm {
+                inner.vmlist.delete(vmid);
+            }
+            if let Some((node, vmtype, vmid)) = to_vm {
+                inner.vmlist.register(vmtype, vmid, node);
+            }
+        }
+        Ok(0)
+    }
+
+    fn set_mtime(&self, inner: &mut Inner, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let (parent, dirname, base) = Self::parent_dir(inner, path)?;
+        let inode = inner.tree.child(parent, base).ok_or(Errno::ENOENT)?;
+        let old = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
+        let is_lock = dirname == "priv/lock" && old.is_dir();
+        // utime(0, 0) is the unlock request, so a lock's mtime may only move
+        // forward, and only by the node that holds it.
+        if is_lock && (mtime < old.mtime || old.writer != writer) {
+            return Err(Errno::EACCES);
+        }
+        let version = inner.tree.root().version + 1;
+        let entry = Entry {
+            version,
+            writer,
+            mtime,
+            name: old.name.clone(),
+            data: old.data.clone(),
+            children: Default::default(),
+            ..*old
+        };
+        Self::commit(inner, Some(&entry), None, writer, mtime)?;
+        if is_lock {
+            let csum = index::entry_csum(&entry);
+            inner.locks.reset(path, &csum, now());
+        }
+        inner.tree.insert(entry);
+        self.changed(path);
+        Ok(0)
+    }
+
+    // ---- reads ----
+
+    pub fn getattr(&self, path: &str) -> Option<EntryAttr> {
+        self.lock().tree.lookup_entry(normalize(path)).map(EntryAttr::of)
+    }
+
+    pub fn getattr_inode(&self, inode: Inode) -> Option<EntryAttr> {
+        self.lock().tree.get(inode).map(EntryAttr::of)
+    }
+
+    pub fn lookup_child(&self, dir: Inode, name: &str) -> Option<EntryAttr> {
+        let inner = self.lock();
+        let i = inner.tree.child(dir, name)?;
+        inner.tree.get(i).map(EntryAttr::of)
+    }
+
+    /// Relative path of an inode (`""` for the root).
+    pub fn path_of(&self, inode: Inode) -> Option<String> {
+        self.lock().tree.path_of(inode)
+    }
+
+    /// Read up to `size` bytes at `offset` of a file.
+    pub fn read_inode(&self, inode: Inode, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
+        let inner = self.lock();
+        let e = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
+        if e.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let start = (offset.min(e.data.len() as u64)) as usize;
+        let end = start.saturating_add(size).min(e.data.len());
+        Ok(e.data[start..end].to_vec())
+    }
+
+    /// The whole content of a file (`memdb_read`); None if missing or a dir.
+    pub fn read(&self, path: &str) -> Option<Vec<u8>> {
+        let inner = self.lock();
+        inner
+            .tree
+            .lookup_entry(normalize(path))
+            .filter(|e| !e.is_dir())
+            .map(|e| e.data.clone())
+    }
+
+    /// The entries of a directory, sorted by name.
+    pub fn readdir(&self, dir: Inode) -> Option<Vec<DirEntry>> {
+        let inner = self.lock();
+        let d = inner.tree.get(dir).filter(|d| d.is_dir())?;
+        Some(
+            d.children
+                .iter()
+                .filter_map(|(name, i)| {
+                    inner.tree.get(*i).map(|e| DirEntry {
+                        name: name.clone(),
+                        attr: EntryAttr::of(e),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let inner = self.lock();
+        let size: u64 = inner.tree.entries.values().map(|e| e.size() as u64).sum();
+        let files = inner.tree.entries.len() as u64;
+        let blocks = MAX_FS_SIZE.div_ceil(BLOCK_SIZE);
+        StatFs {
+            bsize: BLOCK_SIZE,
+            blocks,
+            bfree: blocks.saturating_sub(size.div_ceil(BLOCK_SIZE)),
+            files: MAX_INODES,
+            ffree: MAX_INODES.saturating_sub(files),
+            namemax: 256,
+        }
+    }
+
+    /// The global version (root version).
+    pub fn version(&self) -> u64 {
+        self.lock().tree.root().version
+    }
+
+    /// `memdb_encode_index`.
+    pub fn encode_index(&self) -> Vec<u8> {
+        index::encode_index(&self.lock().tree)
+    }
+
+    /// `memdb_compute_checksum` (the VERIFY checksum).
+    pub fn compute_checksum(&self) -> [u8; 32] {
+        index::compute_checksum(&self.lock().tree)
+    }
+
+    /// `memdb_tree_entry_csum` of the entry at `path`.
+    pub fn entry_csum(&self, path: &str) -> Option<[u8; 32]> {
+        self.lock().tree.lookup_entry(normalize(path)).map(index::entry_csum)
+    }
+
+    /// Is the lock at `path` (with checksum `csum`) older than 120 s on this
+    /// node? (`memdb_lock_expired`)
+    pub fn lock_expired(&self, path: &str, csum: &[u8; 32]) -> bool {
+        self.lock().locks.expired(normalize(path), csum, now())
+    }
+
+    /// The VM list: its version and the entries sorted by VMID.
+    pub fn vmlist(&self) -> (u64, Vec<VmEntry>) {
+        let inner = self.lock();
+        (inner.vmlist.version, inner.vmlist.sorted())
+    }
+
+    /// Merge the WAL into the main file (clean shutdown).
+    pub fn checkpoint(&self) {
+        if let Err(e) = self.lock().backend.checkpoint() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+impl Inner {
+    /// `memdb_recreate_vmlist`: returns the duplicated VMIDs.
+    fn rebuild_vmlist(&mut self) -> Vec<u32> {
+        let mut found = Vec::new();
+        if let Some(nodes) = self.tree.lookup_entry("nodes").filter(|e| e.is_dir()) {
+            for (node_name, node_inode) in &nodes.children {
+                let Some(node) = self.tree.get(*node_inode).filter(|e| e.is_dir()) else {
+                    continue;
+                };
+                for vmtype in [VmType::Qemu, VmType::Openvz, VmType::Lxc] {
+                    let dir = format!("nodes/{node_name}/{}", vmtype.dir_name());
+                    if dir_contains_vm_config(&dir).is_none() {
+                        continue;
+                    }
+                    let Some(sub) = node
+                        .children
+                        .get(vmtype.dir_name())
+                        .and_then(|i| self.tree.get(*i))
+                        .filter(|e| e.is_dir())
+                    else {
+                        continue;
+                    };
+                    for (name, i) in &sub.children {
+                        if self.tree.get(*i).is_some_and(|e| !e.is_dir()) {
+                            if let Some(vmid) = crate::path::name_is_vm_config(name) {
+                                found.push((vmtype, vmid, node_name.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.vmlist.rebuild(found)
+    }
+
+    /// `memdb_update_locks`: every lock dir, first seen now.
+    fn rebuild_locks(&mut self) {
+        let mut locks = Vec::new();
+        if let Some(dir) = self.tree.lookup_entry("priv/lock").filter(|e| e.is_dir()) {
+            for (name, i) in &dir.children {
+                if let Some(e) = self.tree.get(*i).filter(|e| e.is_dir()) {
+                    locks.push((format!("priv/lock/{name}"), index::entry_csum(e)));
+                }
+            }
+        }
+        self.locks.replace_all(locks, now());
+    }
+}
