@@ -25,7 +25,8 @@ const SQL_CREATE: &str = "CREATE TABLE IF NOT EXISTS tree (\
   data BLOB);";
 
 const SQL_LOAD: &str = "SELECT inode, parent, version, writer, mtime, type, name, data FROM tree;";
-const SQL_REPLACE: &str = "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+const SQL_REPLACE: &str =
+    "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8);";
 const SQL_DELETE: &str = "DELETE FROM tree WHERE inode = ?1;";
 
@@ -143,7 +144,13 @@ impl Backend {
         }
     }
 
-    fn bad_row(&self, inode: u64, parent: u64, name: &str, reason: impl Into<String>) -> MemDbError {
+    fn bad_row(
+        &self,
+        inode: u64,
+        parent: u64,
+        name: &str,
+        reason: impl Into<String>,
+    ) -> MemDbError {
         MemDbError::BadRow {
             path: self.path.clone(),
             inode,
@@ -215,7 +222,12 @@ impl Backend {
             }
             if inode == 0 {
                 if name != VERSION_NAME {
-                    return Err(self.bad_row(inode, parent, &name, "root inode has unexpected name"));
+                    return Err(self.bad_row(
+                        inode,
+                        parent,
+                        &name,
+                        "root inode has unexpected name",
+                    ));
                 }
                 root = Some((version, writer, mtime));
                 continue;
@@ -259,7 +271,12 @@ impl Backend {
                 }
             };
             if !parent_is_dir {
-                return Err(self.bad_row(e.inode.0, e.parent.0, &e.name, "parent is not a directory"));
+                return Err(self.bad_row(
+                    e.inode.0,
+                    e.parent.0,
+                    &e.name,
+                    "parent is not a directory",
+                ));
             }
         }
         let mut children: HashMap<u64, BTreeMap<String, Inode>> = HashMap::new();
@@ -271,7 +288,10 @@ impl Backend {
                     e.inode.0,
                     e.parent.0,
                     &e.name,
-                    format!("found entry with duplicate name (also inode {:016X})", other.0),
+                    format!(
+                        "found entry with duplicate name (also inode {:016X})",
+                        other.0
+                    ),
                 ));
             }
         }
@@ -321,7 +341,11 @@ impl Backend {
             .prepare_cached(SQL_REPLACE)
             .map_err(|e| self.err("prepare replace", e))?;
         if let Some(e) = w.entry {
-            let data: Option<&[u8]> = if e.data.is_empty() { None } else { Some(&e.data) };
+            let data: Option<&[u8]> = if e.data.is_empty() {
+                None
+            } else {
+                Some(&e.data)
+            };
             replace
                 .execute(params![
                     e.inode.0 as i64,

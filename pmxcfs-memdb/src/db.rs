@@ -95,7 +95,10 @@ fn normalize(path: &str) -> &str {
 impl MemDb {
     /// Open or create the database, load and validate the tree, rebuild the
     /// VM list and the lock cache (`memdb_open`).
-    pub fn open(path: &Path, observer: Option<Arc<dyn ChangeObserver>>) -> Result<Self, MemDbError> {
+    pub fn open(
+        path: &Path,
+        observer: Option<Arc<dyn ChangeObserver>>,
+    ) -> Result<Self, MemDbError> {
         let (backend, tree) = Backend::open(path)?;
         let mut inner = Inner {
             backend,
@@ -153,10 +156,26 @@ impl MemDb {
                 offset,
                 data,
                 truncate,
-            } => self.pwrite(&mut inner, normalize(path), writer, mtime, data, *offset, *truncate, false),
-            Operation::Create { path } => {
-                self.pwrite(&mut inner, normalize(path), writer, mtime, &[], 0, false, true)
-            }
+            } => self.pwrite(
+                &mut inner,
+                normalize(path),
+                writer,
+                mtime,
+                data,
+                *offset,
+                *truncate,
+                false,
+            ),
+            Operation::Create { path } => self.pwrite(
+                &mut inner,
+                normalize(path),
+                writer,
+                mtime,
+                &[],
+                0,
+                false,
+                true,
+            ),
             Operation::Mkdir { path } => self.mkdir(&mut inner, normalize(path), writer, mtime),
             Operation::Delete { path } => self.delete(&mut inner, normalize(path), writer, mtime),
             Operation::Rename { from, to } => {
@@ -170,10 +189,9 @@ impl MemDb {
             Operation::UnlockRequest { .. } => Ok(0),
             Operation::Unlock { path, csum } => {
                 let path = normalize(path);
-                let matches = inner
-                    .tree
-                    .lookup_entry(path)
-                    .is_some_and(|e| e.is_dir() && path_is_lockdir(path) && index::entry_csum(e) == *csum);
+                let matches = inner.tree.lookup_entry(path).is_some_and(|e| {
+                    e.is_dir() && path_is_lockdir(path) && index::entry_csum(e) == *csum
+                });
                 if matches {
                     self.delete(&mut inner, path, writer, mtime)
                 } else {
@@ -184,14 +202,24 @@ impl MemDb {
         .map(|n| n as usize)
     }
 
-    fn commit(inner: &mut Inner, entry: Option<&Entry>, delete: Option<Inode>, writer: u32, mtime: u32) -> Result<u64, Errno> {
+    fn commit(
+        inner: &mut Inner,
+        entry: Option<&Entry>,
+        delete: Option<Inode>,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<u64, Errno> {
         let version = inner.tree.root().version + 1;
         let root = RootRow {
             version,
             writer,
             mtime,
         };
-        if let Err(e) = inner.backend.write(&RowWrite { entry, delete, root }) {
+        if let Err(e) = inner.backend.write(&RowWrite {
+            entry,
+            delete,
+            root,
+        }) {
             tracing::error!("{e}");
             inner.errors = true;
             return Err(Errno::EIO);
@@ -242,7 +270,11 @@ impl MemDb {
         let version = inner.tree.root().version + 1;
         let end = end as usize;
         let offset = offset as usize;
-        let entry = match inner.tree.child(parent, base).and_then(|i| inner.tree.get(i)) {
+        let entry = match inner
+            .tree
+            .child(parent, base)
+            .and_then(|i| inner.tree.get(i))
+        {
             Some(old) => {
                 if old.is_dir() {
                     return Err(Errno::ENOTDIR);
@@ -251,7 +283,11 @@ impl MemDb {
                     return Err(Errno::EEXIST);
                 }
                 let old_size = old.data.len();
-                let new_size = if end > old_size || truncate { end } else { old_size };
+                let new_size = if end > old_size || truncate {
+                    end
+                } else {
+                    old_size
+                };
                 let mut buf = Vec::with_capacity(new_size);
                 buf.extend_from_slice(&old.data[..old_size.min(new_size)]);
                 buf.resize(new_size, 0);
@@ -347,7 +383,14 @@ impl MemDb {
         Ok(0)
     }
 
-    fn rename(&self, inner: &mut Inner, from: &str, to: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+    fn rename(
+        &self,
+        inner: &mut Inner,
+        from: &str,
+        to: &str,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<u32, Errno> {
         let (from_parent, from_inode) = inner.tree.lookup(from);
         let from_inode = from_inode.ok_or(Errno::ENOENT)?;
         if from_parent.is_none() {
@@ -356,10 +399,14 @@ impl MemDb {
         let from_entry = inner.tree.get(from_inode).ok_or(Errno::ENOENT)?;
         let from_is_dir = from_entry.is_dir();
         let from_vm = path_contains_vm_config(from);
-        let to_vm = if from_is_dir { None } else { path_contains_vm_config(to) };
+        let to_vm = if from_is_dir {
+            None
+        } else {
+            path_contains_vm_config(to)
+        };
         if let Some((node, vmtype, vmid)) = to_vm {
             if inner.vmlist.different_vm_exists(vmtype, vmid, node)
-                && !from_vm.is_some_and(|(_, _, fv)| fv == vmid)
+                && from_vm.is_none_or(|(_, _, fv)| fv != vmid)
             {
                 return Err(Errno::EEXIST);
             }
@@ -425,7 +472,13 @@ impl MemDb {
         Ok(0)
     }
 
-    fn set_mtime(&self, inner: &mut Inner, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+    fn set_mtime(
+        &self,
+        inner: &mut Inner,
+        path: &str,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<u32, Errno> {
         let (parent, dirname, base) = Self::parent_dir(inner, path)?;
         let inode = inner.tree.child(parent, base).ok_or(Errno::ENOENT)?;
         let old = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
@@ -458,7 +511,10 @@ impl MemDb {
     // ---- reads ----
 
     pub fn getattr(&self, path: &str) -> Option<EntryAttr> {
-        self.lock().tree.lookup_entry(normalize(path)).map(EntryAttr::of)
+        self.lock()
+            .tree
+            .lookup_entry(normalize(path))
+            .map(EntryAttr::of)
     }
 
     pub fn getattr_inode(&self, inode: Inode) -> Option<EntryAttr> {
@@ -547,13 +603,22 @@ impl MemDb {
 
     /// `memdb_tree_entry_csum` of the entry at `path`.
     pub fn entry_csum(&self, path: &str) -> Option<[u8; 32]> {
-        self.lock().tree.lookup_entry(normalize(path)).map(index::entry_csum)
+        self.lock()
+            .tree
+            .lookup_entry(normalize(path))
+            .map(index::entry_csum)
     }
 
     /// Is the lock at `path` (with checksum `csum`) older than 120 s on this
     /// node? (`memdb_lock_expired`)
     pub fn lock_expired(&self, path: &str, csum: &[u8; 32]) -> bool {
         self.lock().locks.expired(normalize(path), csum, now())
+    }
+
+    /// The VM list version and the number of guests.
+    pub fn vmlist_version(&self) -> (u64, usize) {
+        let inner = self.lock();
+        (inner.vmlist.version, inner.vmlist.len())
     }
 
     /// The VM list: its version and the entries sorted by VMID.

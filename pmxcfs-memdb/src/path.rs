@@ -35,9 +35,10 @@ pub(crate) fn name_is_vm_config(name: &str) -> Option<u32> {
 pub(crate) fn valid_nodename(name: &str) -> bool {
     let len = name.len();
     len >= 1
-        && name.bytes().enumerate().all(|(i, c)| {
-            c.is_ascii_alphanumeric() || (c == b'-' && i != 0 && i != len - 1)
-        })
+        && name
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_alphanumeric() || (c == b'-' && i != 0 && i != len - 1))
 }
 
 /// `nodes/<node>/(qemu-server|lxc|openvz)` -> (node, type).

@@ -92,7 +92,9 @@ fn fresh_db_conventions() {
         })
         .unwrap();
     assert_eq!((v, name.as_str()), (4, "__version__"));
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
     // reload gives the same index
     drop(c);
@@ -174,7 +176,10 @@ fn delete_rename_semantics() {
     db.apply(&mkdir("priv"), 0, 1).unwrap();
     db.apply(&mkdir("priv/lock"), 0, 1).unwrap();
     db.apply(&mkdir("priv/lock/l"), 0, 1).unwrap();
-    assert_eq!(db.apply(&rename("priv/lock/l", "priv/lock/m"), 0, 1), Err(Errno::EACCES));
+    assert_eq!(
+        db.apply(&rename("priv/lock/l", "priv/lock/m"), 0, 1),
+        Err(Errno::EACCES)
+    );
     assert_eq!(db.apply(&rename("nope", "x"), 0, 1), Err(Errno::ENOENT));
     assert_eq!(db.apply(&rename("d/g", "nope/x"), 0, 1), Err(Errno::ENOENT));
 }
@@ -183,27 +188,50 @@ fn delete_rename_semantics() {
 fn vmids_are_unique() {
     let (_d, p) = tmpdb();
     let db = MemDb::open(&p, None).unwrap();
-    for d in ["nodes", "nodes/a", "nodes/b", "nodes/a/qemu-server", "nodes/b/lxc"] {
+    for d in [
+        "nodes",
+        "nodes/a",
+        "nodes/b",
+        "nodes/a/qemu-server",
+        "nodes/b/lxc",
+    ] {
         db.apply(&mkdir(d), 0, 1).unwrap();
     }
-    db.apply(&create("nodes/a/qemu-server/100.conf"), 0, 1).unwrap();
+    db.apply(&create("nodes/a/qemu-server/100.conf"), 0, 1)
+        .unwrap();
     let (v1, l) = db.vmlist();
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].node, "a");
-    assert_eq!(db.apply(&create("nodes/b/lxc/100.conf"), 0, 1), Err(Errno::EEXIST));
-    db.apply(&create("nodes/a/qemu-server/100.conf.tmp.1"), 0, 1).unwrap();
-    db.apply(&rename("nodes/a/qemu-server/100.conf.tmp.1", "nodes/a/qemu-server/100.conf"), 0, 1)
+    assert_eq!(
+        db.apply(&create("nodes/b/lxc/100.conf"), 0, 1),
+        Err(Errno::EEXIST)
+    );
+    db.apply(&create("nodes/a/qemu-server/100.conf.tmp.1"), 0, 1)
         .unwrap();
+    db.apply(
+        &rename(
+            "nodes/a/qemu-server/100.conf.tmp.1",
+            "nodes/a/qemu-server/100.conf",
+        ),
+        0,
+        1,
+    )
+    .unwrap();
     // moving a guest to another node keeps the VMID
-    db.apply(&rename("nodes/a/qemu-server/100.conf", "nodes/b/lxc/100.conf"), 0, 1)
-        .unwrap();
+    db.apply(
+        &rename("nodes/a/qemu-server/100.conf", "nodes/b/lxc/100.conf"),
+        0,
+        1,
+    )
+    .unwrap();
     let (v2, l) = db.vmlist();
     assert!(v2 > v1);
     assert_eq!((l[0].node.as_str(), l[0].vmtype.as_str()), ("b", "lxc"));
     db.apply(&del("nodes/b/lxc/100.conf"), 0, 1).unwrap();
     assert!(db.vmlist().1.is_empty());
     // rebuilt on open
-    db.apply(&create("nodes/a/qemu-server/101.conf"), 0, 1).unwrap();
+    db.apply(&create("nodes/a/qemu-server/101.conf"), 0, 1)
+        .unwrap();
     drop(db);
     let db = MemDb::open(&p, None).unwrap();
     assert_eq!(db.vmlist().1[0].vmid, 101);
@@ -280,11 +308,20 @@ fn observer_sees_changes() {
     assert_eq!(db.apply(&rename("nope", "d/t"), 0, 1), Err(Errno::ENOENT));
     assert_eq!(
         *rec.0.lock().unwrap(),
-        ["<reload>", "storage.cfg", "storage.cfg", "storage.cfg", "d/s"]
+        [
+            "<reload>",
+            "storage.cfg",
+            "storage.cfg",
+            "storage.cfg",
+            "d/s"
+        ]
     );
 }
 
-fn make_db(p: &Path, rows: &[(i64, i64, i64, &str, Option<&[u8]>)]) {
+/// (inode, parent, type, name, data)
+type Row<'a> = (i64, i64, i64, &'a str, Option<&'a [u8]>);
+
+fn make_db(p: &Path, rows: &[Row<'_>]) {
     let c = rusqlite::Connection::open(p).unwrap();
     c.execute_batch(
         "CREATE TABLE tree (inode INTEGER PRIMARY KEY NOT NULL, parent INTEGER NOT NULL, \
@@ -308,29 +345,46 @@ fn make_db(p: &Path, rows: &[(i64, i64, i64, &str, Option<&[u8]>)]) {
 
 #[test]
 fn bad_databases_are_refused_untouched() {
-    let cases: Vec<(&str, Vec<(i64, i64, i64, &str, Option<&[u8]>)>)> = vec![
-        ("duplicate name", vec![(2, 0, 8, "a", None), (3, 0, 8, "a", None)]),
+    let cases: Vec<(&str, Vec<Row<'_>>)> = vec![
+        (
+            "duplicate name",
+            vec![(2, 0, 8, "a", None), (3, 0, 8, "a", None)],
+        ),
         ("missing directory", vec![(2, 7, 8, "a", None)]),
-        ("directory inode contains data", vec![(2, 0, 4, "d", Some(b"x"))]),
-        ("parent is not a directory", vec![(2, 0, 8, "f", None), (3, 2, 8, "g", None)]),
+        (
+            "directory inode contains data",
+            vec![(2, 0, 4, "d", Some(b"x"))],
+        ),
+        (
+            "parent is not a directory",
+            vec![(2, 0, 8, "f", None), (3, 2, 8, "g", None)],
+        ),
         ("unknown type", vec![(2, 0, 3, "f", None)]),
         ("no name", vec![(2, 0, 8, "", None)]),
-        ("duplicate VMID", vec![
-            (2, 0, 4, "nodes", None),
-            (3, 2, 4, "a", None),
-            (4, 2, 4, "b", None),
-            (5, 3, 4, "qemu-server", None),
-            (6, 4, 4, "lxc", None),
-            (7, 5, 8, "100.conf", None),
-            (8, 6, 8, "100.conf", None),
-        ]),
-        ("not reachable", vec![(2, 3, 4, "a", None), (3, 2, 4, "b", None)]),
+        (
+            "duplicate VMID",
+            vec![
+                (2, 0, 4, "nodes", None),
+                (3, 2, 4, "a", None),
+                (4, 2, 4, "b", None),
+                (5, 3, 4, "qemu-server", None),
+                (6, 4, 4, "lxc", None),
+                (7, 5, 8, "100.conf", None),
+                (8, 6, 8, "100.conf", None),
+            ],
+        ),
+        (
+            "not reachable",
+            vec![(2, 3, 4, "a", None), (3, 2, 4, "b", None)],
+        ),
     ];
     for (what, rows) in cases {
         let (_d, p) = tmpdb();
         make_db(&p, &rows);
         let before = Sha256::digest(std::fs::read(&p).unwrap());
-        let err = MemDb::open(&p, None).err().unwrap_or_else(|| panic!("{what} accepted"));
+        let err = MemDb::open(&p, None)
+            .err()
+            .unwrap_or_else(|| panic!("{what} accepted"));
         let msg = err.to_string();
         assert!(msg.contains(what), "{what}: {msg}");
         let after = Sha256::digest(std::fs::read(&p).unwrap());
@@ -348,7 +402,10 @@ fn not_a_database() {
     std::fs::write(&p, vec![b'x'; 8192]).unwrap();
     let err = MemDb::open(&p, None).err().unwrap();
     assert!(err.to_string().contains("not an SQLite database"), "{err}");
-    assert!(std::fs::read(&p).unwrap() == vec![b'x'; 8192], "file changed");
+    assert!(
+        std::fs::read(&p).unwrap() == vec![b'x'; 8192],
+        "file changed"
+    );
 }
 
 #[test]
@@ -367,7 +424,9 @@ fn c_fixture_loads() {
     let manifest = std::fs::read_to_string(fixture.with_file_name("manifest.tsv")).unwrap();
     for line in manifest.lines() {
         let f: Vec<&str> = line.split('\t').collect();
-        let a = db.getattr(f[1]).unwrap_or_else(|| panic!("{} missing", f[1]));
+        let a = db
+            .getattr(f[1])
+            .unwrap_or_else(|| panic!("{} missing", f[1]));
         assert_eq!(a.mtime.to_string(), f[3], "{}", f[1]);
         if f[0] == "file" {
             let data = db.read(f[1]).unwrap();

@@ -1,1 +1,92 @@
-fn main() {}
+//! pmxcfs: the Proxmox cluster filesystem daemon (Rust implementation).
+//!
+//! `main` parses the C daemon's options (plus long options for paths),
+//! sets up logging and hands over to [`daemon::run`].
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod daemon;
+mod fs;
+mod logging;
+mod plugins;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use pmxcfs_api_types::paths;
+
+/// Proxmox cluster filesystem
+#[derive(Parser, Debug)]
+#[command(
+    name = "pmxcfs",
+    version,
+    about = "Proxmox cluster filesystem (Rust implementation)"
+)]
+pub struct Cli {
+    /// Turn on debug messages
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Do not daemonize server
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Force local mode (ignore corosync.conf, force quorum)
+    #[arg(short = 'l', long)]
+    pub local: bool,
+    /// Database file
+    #[arg(long, value_name = "PATH", default_value = paths::DB_FILE)]
+    pub db: PathBuf,
+    /// Instance lock file [default: <directory of --db>/.pmxcfs.lockfile]
+    #[arg(long, value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
+    /// Mount point
+    #[arg(long, value_name = "PATH", default_value = paths::MOUNT_POINT)]
+    pub mount: PathBuf,
+    /// Run directory (holds the restart flag)
+    #[arg(long, value_name = "PATH", default_value = paths::RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Pid file
+    #[arg(long, value_name = "PATH", default_value = paths::PID_FILE)]
+    pub pid_file: PathBuf,
+    /// Host corosync configuration
+    #[arg(long, value_name = "PATH", default_value = paths::HOST_COROSYNC_CONF)]
+    pub corosync_conf: PathBuf,
+    /// RRD database directory
+    #[arg(long, value_name = "PATH", default_value = paths::RRD_DIR)]
+    pub rrd_dir: PathBuf,
+    /// Node name [default: uname nodename up to the first '.']
+    #[arg(long, value_name = "NAME")]
+    pub nodename: Option<String>,
+    /// Node IP address [default: resolved from the node name; loopback-only is an error]
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// libqb IPC service name
+    #[arg(long, value_name = "NAME", default_value = paths::IPC_SERVICE)]
+    pub ipc_name: String,
+    #[arg(hide = true)]
+    pub extra: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let log = logging::init(cli.debug);
+    if !cli.extra.is_empty() {
+        tracing::error!("too many arguments");
+        return ExitCode::from(255);
+    }
+    match daemon::run(cli, log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(255)
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The node's status as the plugin files show it: start time, cluster info
+//! version, quorum, the change counters of `.version` and the kv versions.
+//! The VM list itself lives in memdb (the write path needs it); this module
+//! renders it.
+
+use std::sync::{Mutex, MutexGuard};
+
+use pmxcfs_memdb::{ChangeObserver, MemDb};
+
+use crate::members::{render_members, ClusterInfo};
+use crate::version::{render_version, KvVersions, PathCounters};
+use crate::vmlist::render_vmlist;
+
+struct Inner {
+    counters: PathCounters,
+    clinfo_version: u64,
+    cluster: Option<ClusterInfo>,
+    quorate: bool,
+    kv: KvVersions,
+}
+
+/// Shared status of this node (status.c `cfs_status`).
+pub struct Status {
+    nodename: String,
+    start_time: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Status {
+    pub fn new(nodename: &str) -> Self {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Status {
+            nodename: nodename.to_string(),
+            start_time,
+            inner: Mutex::new(Inner {
+                counters: PathCounters::new(),
+                clinfo_version: 0,
+                cluster: None,
+                quorate: false,
+                kv: KvVersions::new(nodename),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update is a single assignment or counter bump: a poisoned
+        // lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn nodename(&self) -> &str {
+        &self.nodename
+    }
+
+    /// `cfs_set_quorate`.
+    pub fn set_quorate(&self, quorate: bool) {
+        self.lock().quorate = quorate;
+    }
+
+    pub fn quorate(&self) -> bool {
+        self.lock().quorate
+    }
+
+    /// Replace the cluster configuration (nodes from corosync) and bump the
+    /// cluster info version.
+    pub fn set_cluster_info(&self, info: Option<ClusterInfo>) {
+        let mut g = self.lock();
+        g.cluster = info;
+        g.clinfo_version += 1;
+    }
+
+    /// `.version` (status.c `cfs_create_version_msg`).
+    pub fn version_file(&self, memdb: &MemDb) -> Vec<u8> {
+        let (vmlist_version, _) = memdb.vmlist_version();
+        let g = self.lock();
+        render_version(
+            self.start_time,
+            g.clinfo_version,
+            vmlist_version,
+            &g.counters,
+            &g.kv,
+        )
+    }
+
+    /// `.members` (status.c `cfs_create_memberlist_msg`).
+    pub fn members_file(&self) -> Vec<u8> {
+        let g = self.lock();
+        render_members(
+            &self.nodename,
+            g.clinfo_version,
+            g.cluster.as_ref(),
+            g.quorate,
+        )
+    }
+
+    /// `.vmlist` (status.c `cfs_create_vmlist_msg`).
+    pub fn vmlist_file(&self, memdb: &MemDb) -> Vec<u8> {
+        let (version, entries) = memdb.vmlist();
+        render_vmlist(version, &entries)
+    }
+
+    /// `.clusterlog`: the cluster log as JSON (empty until the cluster log
+    /// is kept, in the layout of logger.c `clog_dump_json`).
+    pub fn clusterlog_file(&self) -> Vec<u8> {
+        b"{\n\"data\": [\n]\n}\n".to_vec()
+    }
+
+    /// `.rrd`: `key:data` lines of recent RRD updates (none are kept yet).
+    pub fn rrd_file(&self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+impl ChangeObserver for Status {
+    fn path_changed(&self, path: &str) {
+        self.lock().counters.bump(path);
+    }
+
+    fn reloaded(&self) {
+        self.lock().counters.bump_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pmxcfs_api_types::Operation;
+
+    use super::*;
+
+    #[test]
+    fn counters_follow_memdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Arc::new(Status::new("n1"));
+        let memdb = MemDb::open(&dir.path().join("db"), Some(status.clone())).unwrap();
+        let v = |s: &Status| String::from_utf8(s.version_file(&memdb)).unwrap();
+        assert!(v(&status).contains("\"storage.cfg\": 1,\n"));
+        memdb
+            .apply(
+                &Operation::Create {
+                    path: "storage.cfg".into(),
+                },
+                0,
+                1,
+            )
+            .unwrap();
+        assert!(v(&status).contains("\"storage.cfg\": 2,\n"));
+        memdb
+            .apply(&Operation::Mkdir { path: "ha".into() }, 0, 1)
+            .unwrap();
+        assert!(v(&status).contains("\"ha/resources.cfg\": 1,\n"));
+        assert!(v(&status).contains("\"storage.cfg\": 2,\n"));
+    }
+}

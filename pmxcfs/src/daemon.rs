@@ -1,0 +1,327 @@
+//! Daemon lifecycle (pmxcfs.c `main`): checks, instance lock, database,
+//! mount, daemonizing, serving, and the orderly teardown on a signal or an
+//! external unmount.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fuser::MountOption;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{chown, fork, getpid, pipe, setsid, ForkResult, Gid, Group, Pid, Uid};
+
+use pmxcfs_api_types::paths;
+use pmxcfs_memdb::{LocalSubmitter, MemDb, Submit};
+use pmxcfs_status::Status;
+
+use crate::fs::CfsFs;
+use crate::logging::LogControl;
+use crate::plugins::PluginCtx;
+use crate::Cli;
+
+/// The node name: `uname` nodename up to the first dot.
+fn uname_nodename() -> Result<String> {
+    let uts = nix::sys::utsname::uname().context("Unable to read local node name")?;
+    let full = uts.nodename().to_string_lossy().into_owned();
+    Ok(full.split('.').next().unwrap_or_default().to_string())
+}
+
+/// First address of the node name that is not loopback (`lookup_node_ip`).
+fn lookup_node_ip(nodename: &str) -> Option<IpAddr> {
+    let addrs = (nodename, 0u16).to_socket_addrs().ok()?;
+    addrs.map(|a| a.ip()).find(|ip| match ip {
+        IpAddr::V4(v4) => v4.octets()[0] != 127,
+        IpAddr::V6(v6) => !v6.is_loopback(),
+    })
+}
+
+/// Take the instance lock: 10 retries one second apart (exit 255 after).
+fn acquire_lock(path: &Path) -> Result<Flock<File>> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("unable to create lock '{}'", path.display()))?;
+    for i in (0..=10).rev() {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((_, e)) if i == 0 => bail!("unable to acquire pmxcfs lock: {e}"),
+            Err((f, _)) => {
+                file = f;
+                if i == 10 {
+                    tracing::info!("unable to acquire pmxcfs lock - trying again");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    unreachable!("the loop returns on its last iteration")
+}
+
+/// Write the pid file atomically (0644).
+fn write_pidfile(path: &Path, pid: Pid) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{pid}\n"))
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("unable to write pid file '{}'", path.display()))
+}
+
+fn create_restart_flag(path: &Path, gid: Gid) {
+    match OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o440)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(_) => {
+            let _ = chown(path, Some(Uid::from_raw(0)), Some(gid));
+        }
+        Err(e) => tracing::warn!("unable to create restart flag '{}': {e}", path.display()),
+    }
+}
+
+/// Import the host corosync.conf into a new database (cluster setups).
+fn import_corosync_conf(memdb: &Arc<MemDb>, host: &Path) -> Result<()> {
+    let Ok(data) = std::fs::read(host) else {
+        return Ok(());
+    };
+    let ops = [
+        pmxcfs_api_types::Operation::Create {
+            path: "corosync.conf".into(),
+        },
+        pmxcfs_api_types::Operation::Write {
+            path: "corosync.conf".into(),
+            offset: 0,
+            data,
+            truncate: true,
+        },
+    ];
+    let submit = LocalSubmitter::new(memdb.clone());
+    for op in ops {
+        submit.submit(op).map_err(|e| {
+            anyhow::anyhow!("memdb_write failed - unable to import corosync.conf: {e}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Fork; the parent waits until the child serves, writes the pid file and
+/// exits 0 (or 255 if the child failed). Returns the pipe end the child
+/// uses to say it is ready.
+fn daemonize(pid_file: &Path) -> Result<OwnedFd> {
+    let (rd, wr) = pipe().context("pipe error")?;
+    // SAFETY: no other thread exists yet (the runtime and the FUSE thread
+    // are started in the child), so the child may run arbitrary code.
+    match unsafe { fork() }.context("failed to daemonize program")? {
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut buf = [0u8; 1];
+            let mut rd = File::from(rd);
+            let ok = matches!(rd.read(&mut buf), Ok(1)) && buf[0] == b'1';
+            let code = if ok {
+                match write_pidfile(pid_file, child) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        255
+                    }
+                }
+            } else {
+                tracing::error!("child failed to send '1'");
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                255
+            };
+            // Leave without running destructors: the mount belongs to the child.
+            // SAFETY: _exit only ends this process.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Child => {
+            drop(rd);
+            let _ = setsid();
+            let _ = std::env::set_current_dir("/");
+            Ok(wr)
+        }
+    }
+}
+
+fn redirect_stdio_to_null() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+pub fn run(cli: Cli, log: LogControl) -> Result<()> {
+    let nodename = match &cli.nodename {
+        Some(n) => n.clone(),
+        None => uname_nodename()?,
+    };
+    if nodename.is_empty() {
+        bail!("Unable to read local node name");
+    }
+    let ip = match cli.node_ip {
+        Some(ip) => ip,
+        None => lookup_node_ip(&nodename).with_context(|| {
+            format!(
+                "Unable to resolve node name '{nodename}' to a non-loopback IP address - \
+                 missing entry in '/etc/hosts' or DNS? (or give --node-ip)"
+            )
+        })?,
+    };
+    tracing::info!("resolved node name '{nodename}' to '{ip}' for default node IP address");
+
+    let gid = Group::from_name("www-data")
+        .ok()
+        .flatten()
+        .context("Unable to get www-data group ID")?
+        .gid;
+
+    umask(Mode::from_bits_truncate(0o027));
+    let db_dir = cli
+        .db
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let _ = std::fs::DirBuilder::new().mode(0o750).create(&db_dir);
+    let _ = std::fs::DirBuilder::new().mode(0o750).create(&cli.run_dir);
+    let _ = chown(&cli.run_dir, Some(Uid::from_raw(0)), Some(gid));
+
+    let lock_path = cli
+        .lock_file
+        .clone()
+        .unwrap_or_else(|| db_dir.join(paths::LOCK_FILE_NAME));
+    let _lock = acquire_lock(&lock_path)?;
+
+    let status = Arc::new(Status::new(&nodename));
+    let create = !cli.db.exists();
+    let memdb = Arc::new(MemDb::open(&cli.db, Some(status.clone())).with_context(|| {
+        format!(
+            "memdb_open failed - unable to open database '{}'",
+            cli.db.display()
+        )
+    })?);
+    if create && !cli.local {
+        import_corosync_conf(&memdb, &cli.corosync_conf)?;
+    }
+    if memdb.read("corosync.conf").is_some() {
+        if cli.local {
+            tracing::info!("forcing local mode (although corosync.conf exists)");
+        } else {
+            bail!(
+                "the database holds corosync.conf, but cluster mode is not implemented yet; \
+                 start with -l to run in local mode"
+            );
+        }
+    }
+    status.set_quorate(true);
+
+    let submit: Arc<dyn Submit> = Arc::new(LocalSubmitter::new(memdb.clone()));
+    let ctx = PluginCtx {
+        memdb: memdb.clone(),
+        status: status.clone(),
+        nodename: nodename.clone(),
+        debug: Arc::new(AtomicBool::new(cli.debug)),
+        set_debug: Box::new(move |on| log.set_debug(on)),
+    };
+    let fs = CfsFs::new(submit, ctx, gid.as_raw());
+
+    let _ = nix::mount::umount2(&cli.mount, nix::mount::MntFlags::MNT_FORCE);
+    let _ = std::fs::DirBuilder::new().mode(0o750).create(&cli.mount);
+    let options = [
+        MountOption::FSName("pmxcfs".into()),
+        MountOption::AllowOther,
+        MountOption::DefaultPermissions,
+    ];
+    let mut session = fuser::Session::new(fs, &cli.mount, &options)
+        .with_context(|| format!("fuse_mount error on '{}'", cli.mount.display()))?;
+    let unmounter = session.unmount_callable();
+
+    let ready = if cli.foreground {
+        write_pidfile(&cli.pid_file, getpid())?;
+        None
+    } else {
+        Some(daemonize(&cli.pid_file)?)
+    };
+
+    let restart_flag = cli.run_dir.join(paths::RESTART_FLAG_NAME);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("unable to start the runtime")?;
+    let result = rt.block_on(serve(session, unmounter, ready, &restart_flag, gid));
+
+    memdb.checkpoint();
+    drop(memdb);
+    let _ = std::fs::remove_file(&cli.pid_file);
+    match &result {
+        Ok(()) => tracing::info!("exit proxmox configuration filesystem (0)"),
+        Err(e) => tracing::error!("exit proxmox configuration filesystem: {e:#}"),
+    }
+    result
+}
+
+async fn serve(
+    mut session: fuser::Session<CfsFs>,
+    mut unmounter: fuser::SessionUnmounter,
+    ready: Option<OwnedFd>,
+    restart_flag: &Path,
+    gid: Gid,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let fuse = std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(());
+            r
+        })
+        .context("unable to start the FUSE thread")?;
+
+    let _ = std::fs::remove_file(restart_flag);
+    if let Some(fd) = ready {
+        let mut f = File::from(fd);
+        let _ = f.write_all(b"1");
+        drop(f);
+        redirect_stdio_to_null();
+    }
+    tracing::info!("pmxcfs is serving");
+
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+        _ = hup.recv() => tracing::info!("received SIGHUP"),
+        _ = done_rx => tracing::info!("filesystem was unmounted"),
+    }
+
+    create_restart_flag(restart_flag, gid);
+    tracing::info!("teardown filesystem");
+    if let Err(e) = unmounter.unmount() {
+        tracing::debug!("unmount: {e}");
+    }
+    match tokio::task::spawn_blocking(move || fuse.join()).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(anyhow::anyhow!("FUSE session failed: {e}")),
+        _ => Err(anyhow::anyhow!("FUSE thread panicked")),
+    }
+}
