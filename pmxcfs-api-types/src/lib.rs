@@ -160,10 +160,24 @@ mod tests {
 
     #[test]
     fn private_paths() {
-        for p in ["priv", "/priv", "priv/x", "nodes/a/priv", "nodes/a/priv/k", "//priv/lock"] {
+        for p in [
+            "priv",
+            "/priv",
+            "priv/x",
+            "nodes/a/priv",
+            "nodes/a/priv/k",
+            "//priv/lock",
+        ] {
             assert!(path_is_private(p), "{p}");
         }
-        for p in ["private", "nodes/priv", "nodes/a/privx", "nodes", "x/priv", ""] {
+        for p in [
+            "private",
+            "nodes/priv",
+            "nodes/a/privx",
+            "nodes",
+            "x/priv",
+            "",
+        ] {
             assert!(!path_is_private(p), "{p}");
         }
     }
