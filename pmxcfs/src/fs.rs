@@ -86,6 +86,14 @@ fn name_is_openvz_script(name: &str) -> bool {
 /// snapshot taken at open.
 enum Handle {
     Plugin(Vec<u8>),
+    /// `pending_trunc`: opened with O_TRUNC and not written yet. The
+    /// truncation is sent together with the first write at offset 0 (one
+    /// WRITE with the truncate flag, one transaction), or on its own at
+    /// the first other write or at release.
+    Db {
+        ino: u64,
+        pending_trunc: bool,
+    },
 }
 
 pub struct CfsFs {
@@ -224,6 +232,21 @@ impl CfsFs {
         }
     }
 
+    /// Is `ino` opened with O_TRUNC and not yet written? Then it is
+    /// already empty for every reader on this node.
+    fn truncate_pending(&self, ino: u64) -> bool {
+        self.handles
+            .values()
+            .any(|h| matches!(h, Handle::Db { ino: i, pending_trunc: true } if *i == ino))
+    }
+
+    fn take_pending_trunc(&mut self, fh: u64) -> bool {
+        match self.handles.get_mut(&fh) {
+            Some(Handle::Db { pending_trunc, .. }) => std::mem::take(pending_trunc),
+            _ => false,
+        }
+    }
+
     fn mutate_path(&self, parent: u64, name: &OsStr) -> Result<String, Errno> {
         match self.child(parent, name)? {
             Target::Path(p) => Ok(p),
@@ -242,6 +265,9 @@ impl Filesystem for CfsFs {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(max);
         }
+        // open(O_TRUNC) arrives as a flag of open, not as a separate
+        // setattr, so truncate + first write can be one operation.
+        let _ = config.add_capabilities(fuser::consts::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -255,7 +281,11 @@ impl Filesystem for CfsFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         match self.attr_of(ino) {
-            Ok(a) => {
+            Ok(mut a) => {
+                if self.truncate_pending(ino) {
+                    a.size = 0;
+                    a.blocks = 0;
+                }
                 let ttl = if ino >= PLUGIN_INO_BASE {
                     Duration::ZERO
                 } else {
@@ -459,20 +489,39 @@ impl Filesystem for CfsFs {
         reply.error(libc::EPERM)
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        match node_of(ino) {
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let trunc = flags & libc::O_TRUNC != 0;
+        let handle = match node_of(ino) {
             Some(Node::Plugin(p)) => {
-                let fh = self.next_fh;
-                self.next_fh += 1;
-                self.handles.insert(fh, Handle::Plugin(self.ctx.content(p)));
-                reply.opened(fh, FOPEN_DIRECT_IO)
+                if trunc {
+                    if let Err(e) = self.ctx.truncate(p) {
+                        return reply.error(e.0);
+                    }
+                }
+                Handle::Plugin(self.ctx.content(p))
             }
             Some(Node::Db(i)) => match self.ctx.memdb.getattr_inode(i) {
-                Some(_) => reply.opened(0, FOPEN_DIRECT_IO),
-                None => reply.error(libc::ENOENT),
+                Some(a) if trunc && a.kind == FileKind::File => {
+                    if !self.submit.quorate() {
+                        return reply.error(libc::EACCES);
+                    }
+                    Handle::Db {
+                        ino,
+                        pending_trunc: true,
+                    }
+                }
+                Some(_) => Handle::Db {
+                    ino,
+                    pending_trunc: false,
+                },
+                None => return reply.error(libc::ENOENT),
             },
-            None => reply.error(libc::ENOENT),
-        }
+            None => return reply.error(libc::ENOENT),
+        };
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, handle);
+        reply.opened(fh, FOPEN_DIRECT_IO)
     }
 
     fn read(
@@ -487,12 +536,14 @@ impl Filesystem for CfsFs {
         reply: ReplyData,
     ) {
         let offset = u64::try_from(offset).unwrap_or(0);
+        let pending = self.truncate_pending(ino);
         match (node_of(ino), self.handles.get(&fh)) {
             (Some(Node::Plugin(_)), Some(Handle::Plugin(data))) => {
                 let start = offset.min(data.len() as u64) as usize;
                 let end = start.saturating_add(size as usize).min(data.len());
                 reply.data(&data[start..end])
             }
+            (Some(Node::Db(_)), _) if pending => reply.data(&[]),
             (Some(Node::Db(i)), _) => match self.ctx.memdb.read_inode(i, offset, size as usize) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(e.0),
@@ -505,7 +556,7 @@ impl Filesystem for CfsFs {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         data: &[u8],
         _write_flags: u32,
@@ -516,11 +567,25 @@ impl Filesystem for CfsFs {
         let res = match node_of(ino) {
             Some(Node::Plugin(p)) => self.ctx.write(p, offset, data),
             Some(Node::Db(_)) => self.path_of_ino(ino).and_then(|path| {
+                let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                let mut truncate = false;
+                if self.take_pending_trunc(fh) {
+                    if offset == 0 {
+                        truncate = true;
+                    } else {
+                        self.submit(Operation::Write {
+                            path: path.clone(),
+                            offset: 0,
+                            data: Vec::new(),
+                            truncate: true,
+                        })?;
+                    }
+                }
                 self.submit(Operation::Write {
                     path,
-                    offset: u64::try_from(offset).map_err(|_| Errno::EINVAL)?,
+                    offset,
                     data: data.to_vec(),
-                    truncate: false,
+                    truncate,
                 })
                 .map(|n| n as u32)
             }),
@@ -535,14 +600,31 @@ impl Filesystem for CfsFs {
     fn release(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         _flags: i32,
         _lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(&fh);
+        if let Some(Handle::Db {
+            pending_trunc: true,
+            ..
+        }) = self.handles.remove(&fh)
+        {
+            // opened with O_TRUNC, never written: truncate now
+            let res = self.path_of_ino(ino).and_then(|path| {
+                self.submit(Operation::Write {
+                    path,
+                    offset: 0,
+                    data: Vec::new(),
+                    truncate: true,
+                })
+            });
+            if let Err(e) = res {
+                tracing::warn!("truncate at release failed: {e}");
+            }
+        }
         reply.ok()
     }
 
@@ -605,6 +687,9 @@ impl Filesystem for CfsFs {
         )
     }
 
+    // xattr calls: ENOSYS makes the kernel stop asking (no round trip on
+    // every open for write) and answer EOPNOTSUPP (= ENOTSUP) itself,
+    // which is what callers of the C daemon see.
     fn setxattr(
         &mut self,
         _req: &Request<'_>,
@@ -615,7 +700,7 @@ impl Filesystem for CfsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(libc::ENOTSUP)
+        reply.error(libc::ENOSYS)
     }
 
     fn getxattr(
@@ -626,15 +711,15 @@ impl Filesystem for CfsFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(libc::ENOTSUP)
+        reply.error(libc::ENOSYS)
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, _size: u32, reply: ReplyXattr) {
-        reply.error(libc::ENOTSUP)
+        reply.error(libc::ENOSYS)
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(libc::ENOTSUP)
+        reply.error(libc::ENOSYS)
     }
 
     fn create(
