@@ -2,6 +2,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod kvstore;
 pub mod members;
 mod status;
 pub mod version;
