@@ -263,7 +263,14 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         .enable_all()
         .build()
         .context("unable to start the runtime")?;
-    let result = rt.block_on(serve(session, unmounter, ready, &restart_flag, gid));
+    let result = rt.block_on(serve(
+        session,
+        unmounter,
+        &cli.mount,
+        ready,
+        &restart_flag,
+        gid,
+    ));
 
     memdb.checkpoint();
     drop(memdb);
@@ -275,9 +282,59 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     result
 }
 
+/// The FUSE connection id (minor device number) of the mount at `mount`,
+/// from /proc/self/mountinfo; used to abort a connection that a busy lazy
+/// unmount leaves open.
+fn fuse_connection_id(mount: &Path) -> Option<u32> {
+    let mount = std::fs::canonicalize(mount).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.get(4).map(Path::new) == Some(mount.as_path()) {
+            f.get(2)?.split(':').nth(1)?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Unmount and make the FUSE session end even if the mount is busy:
+/// plain unmount, else lazy unmount (as libfuse does), and if the session
+/// still runs after that, abort the connection.
+async fn stop_fuse(
+    unmounter: &mut fuser::SessionUnmounter,
+    mount: &Path,
+    conn: Option<u32>,
+    done: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    if let Err(e) = unmounter.unmount() {
+        tracing::debug!("unmount: {e}");
+    }
+    // A busy mount stays after the plain unmount (fuser only logs that):
+    // detach it lazily, as libfuse does. EINVAL when already gone.
+    let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+    let wait = |done: &mut tokio::sync::watch::Receiver<bool>| {
+        let mut done = done.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(2), done.wait_for(|d| *d))
+                .await
+                .is_ok()
+        }
+    };
+    if wait(done).await {
+        return;
+    }
+    if let Some(id) = conn {
+        tracing::info!("FUSE session still busy, aborting connection {id}");
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
+        wait(done).await;
+    }
+}
+
 async fn serve(
     mut session: fuser::Session<CfsFs>,
     mut unmounter: fuser::SessionUnmounter,
+    mount: &Path,
     ready: Option<OwnedFd>,
     restart_flag: &Path,
     gid: Gid,
@@ -288,12 +345,13 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
 
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let conn = fuse_connection_id(mount);
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let fuse = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
             let r = session.run();
-            let _ = done_tx.send(());
+            let _ = done_tx.send(true);
             r
         })
         .context("unable to start the FUSE thread")?;
@@ -307,21 +365,27 @@ async fn serve(
     }
     tracing::info!("pmxcfs is serving");
 
+    let mut ended = done_rx.clone();
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM"),
         _ = int.recv() => tracing::info!("received SIGINT"),
         _ = hup.recv() => tracing::info!("received SIGHUP"),
-        _ = done_rx => tracing::info!("filesystem was unmounted"),
+        _ = ended.wait_for(|d| *d) => tracing::info!("filesystem was unmounted"),
     }
 
     create_restart_flag(restart_flag, gid);
     tracing::info!("teardown filesystem");
-    if let Err(e) = unmounter.unmount() {
-        tracing::debug!("unmount: {e}");
+    stop_fuse(&mut unmounter, mount, conn, &mut done_rx).await;
+    if !fuse.is_finished() {
+        // Still held open by a process inside the detached mount (and no
+        // fusectl to abort it): leave the thread; process exit closes
+        // /dev/fuse, which ends the connection.
+        tracing::info!("FUSE session still busy; the connection ends with the process");
+        return Ok(());
     }
-    match tokio::task::spawn_blocking(move || fuse.join()).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(anyhow::anyhow!("FUSE session failed: {e}")),
-        _ => Err(anyhow::anyhow!("FUSE thread panicked")),
+    match fuse.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!("FUSE session failed: {e}")),
+        Err(_) => Err(anyhow::anyhow!("FUSE thread panicked")),
     }
 }

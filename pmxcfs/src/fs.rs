@@ -14,7 +14,9 @@ use fuser::{
     Request, TimeOrNow,
 };
 
-use pmxcfs_api_types::{path_is_private, Errno, FileKind, Inode, Operation, BLOCK_SIZE};
+use pmxcfs_api_types::{
+    path_is_private, Errno, FileKind, Inode, Operation, BLOCK_SIZE, MAX_FILE_SIZE,
+};
 use pmxcfs_memdb::{EntryAttr, Submit};
 
 use crate::plugins::{Plugin, PluginCtx};
@@ -26,8 +28,12 @@ const ROOT_INO: u64 = fuser::FUSE_ROOT_ID;
 const PLUGIN_INO_BASE: u64 = 1 << 62;
 /// Attribute and entry cache time, as libfuse's default.
 const TTL: Duration = Duration::from_secs(1);
-/// Largest write the kernel sends in one request (the C daemon sees 128 KiB).
-const MAX_WRITE: u32 = 128 * 1024;
+/// Largest write the kernel sends in one request: a whole file, so that a
+/// file written with one write(2) is one transaction.
+const MAX_WRITE: u32 = MAX_FILE_SIZE as u32;
+/// The C daemon gets writes in 128 KiB requests; each that ends past 1 MiB
+/// fails on its own (see [`accepted_len`]).
+const C_WRITE_CHUNK: usize = 128 * 1024;
 const FOPEN_DIRECT_IO: u32 = 1;
 
 /// What a FUSE inode refers to.
@@ -80,6 +86,26 @@ fn name_is_openvz_script(name: &str) -> bool {
             action,
             "mount" | "umount" | "start" | "stop" | "premount" | "postumount"
         )
+}
+
+/// How much of a write of `len` bytes at `offset` the C daemon accepts:
+/// the kernel hands it the write in 128 KiB requests from the start and
+/// every request that ends past 1 MiB fails with EFBIG, so a write crossing
+/// the limit is short (0 bytes accepted means EFBIG).
+fn accepted_len(offset: u64, len: usize) -> usize {
+    let fits = |end: usize| offset.saturating_add(end as u64) <= MAX_FILE_SIZE;
+    if fits(len) {
+        return len;
+    }
+    let mut accepted = 0;
+    while accepted < len {
+        let end = (accepted + C_WRITE_CHUNK).min(len);
+        if !fits(end) {
+            break;
+        }
+        accepted = end;
+    }
+    accepted
 }
 
 /// An open file: database files are read live; plugin files from the
@@ -568,6 +594,10 @@ impl Filesystem for CfsFs {
             Some(Node::Plugin(p)) => self.ctx.write(p, offset, data),
             Some(Node::Db(_)) => self.path_of_ino(ino).and_then(|path| {
                 let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                let data = match accepted_len(offset, data.len()) {
+                    0 if !data.is_empty() => return Err(Errno::EFBIG),
+                    n => &data[..n],
+                };
                 let mut truncate = false;
                 if self.take_pending_trunc(fh) {
                     if offset == 0 {
@@ -773,6 +803,18 @@ mod tests {
         assert_eq!(ino_of(Node::Db(Inode::ROOT)), ROOT_INO);
         assert_eq!(node_of(0), None);
         assert_eq!(node_of(PLUGIN_INO_BASE + 99), None);
+    }
+
+    #[test]
+    fn writes_crossing_the_limit_are_cut_like_c() {
+        let mib = MAX_FILE_SIZE as usize;
+        assert_eq!(accepted_len(0, mib), mib);
+        assert_eq!(accepted_len(0, mib + 1), mib);
+        assert_eq!(accepted_len(mib as u64, 1), 0);
+        assert_eq!(accepted_len(mib as u64 - 10, 20), 0);
+        assert_eq!(accepted_len(100, mib), 7 * C_WRITE_CHUNK);
+        assert_eq!(accepted_len(u64::MAX, 1), 0);
+        assert_eq!(accepted_len(5, 0), 0);
     }
 
     #[test]
