@@ -162,12 +162,6 @@ impl Status {
         render_vmlist(version, &entries)
     }
 
-    /// `.clusterlog`: the cluster log as JSON (empty until the cluster log
-    /// is kept, in the layout of logger.c `clog_dump_json`).
-    pub fn clusterlog_file(&self) -> Vec<u8> {
-        b"{\n\"data\": [\n]\n}\n".to_vec()
-    }
-
     /// `.rrd`: `key:data` lines of recent RRD updates (none are kept yet).
     pub fn rrd_file(&self) -> Vec<u8> {
         Vec::new()

@@ -207,6 +207,23 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     let _lock = acquire_lock(&lock_path)?;
 
     let status = Arc::new(Status::new(&nodename));
+    let clog = Arc::new(std::sync::Mutex::new(pmxcfs_logger::ClusterLog::new()));
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
+        let mut log = clog.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = log.add(
+            &nodename,
+            "root",
+            "cluster",
+            std::process::id(),
+            6,
+            now,
+            "starting cluster log",
+        );
+    }
     let create = !cli.db.exists();
     let memdb = Arc::new(MemDb::open(&cli.db, Some(status.clone())).with_context(|| {
         format!(
@@ -233,6 +250,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     let ctx = PluginCtx {
         memdb: memdb.clone(),
         status: status.clone(),
+        clog: clog.clone(),
         nodename: nodename.clone(),
         debug: Arc::new(AtomicBool::new(cli.debug)),
         set_debug: Box::new(move |on| log.set_debug(on)),

@@ -3,9 +3,10 @@
 //! entries of the same name.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pmxcfs_api_types::Errno;
+use pmxcfs_logger::ClusterLog;
 use pmxcfs_memdb::MemDb;
 use pmxcfs_status::Status;
 
@@ -84,6 +85,7 @@ impl Plugin {
 pub struct PluginCtx {
     pub memdb: Arc<MemDb>,
     pub status: Arc<Status>,
+    pub clog: Arc<Mutex<ClusterLog>>,
     pub nodename: String,
     pub debug: Arc<AtomicBool>,
     /// Called when `.debug` switches the level.
@@ -98,7 +100,13 @@ impl PluginCtx {
             Plugin::Members => self.status.members_file(),
             Plugin::Vmlist => self.status.vmlist_file(&self.memdb),
             Plugin::Rrd => self.status.rrd_file(),
-            Plugin::Clusterlog => self.status.clusterlog_file(),
+            // the last 50 entries, newest first (`cfs_cluster_log_dump`)
+            Plugin::Clusterlog => self
+                .clog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .dump_json(50, None)
+                .into_bytes(),
             Plugin::Debug => {
                 format!("{}\n", u8::from(self.debug.load(Ordering::Relaxed))).into_bytes()
             }
