@@ -1,0 +1,165 @@
+//! A minimal binding of librrd (`rrd.h` of rrdtool 1.7): create and update
+//! a file directly, as the C daemon does when rrdcached is not reachable.
+//!
+//! librrd keeps its error text per thread (`rrd_get_context` uses a pthread
+//! key), so clear/call/read-error on one thread is consistent. We still run
+//! every librrd call under one process-wide lock: it is cheap next to the
+//! file I/O, and it keeps us clear of the parts of librrd that are not
+//! thread-safe (`rrd.h`: "rrd_update_r ... only thread-safe if no at-style
+//! time specifications get used"; we never pass `@`, see `value.rs`).
+
+use std::ffi::{c_char, c_int, c_ulong, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+mod sys {
+    use std::ffi::{c_char, c_int, c_ulong};
+
+    // Linked by build.rs (`cargo:rustc-link-lib=dylib=rrd`).
+    extern "C" {
+        /// `int rrd_create_r(const char *filename, unsigned long pdp_step,
+        /// time_t last_up, int argc, const char **argv);`
+        pub fn rrd_create_r(
+            filename: *const c_char,
+            pdp_step: c_ulong,
+            last_up: libc::time_t,
+            argc: c_int,
+            argv: *const *const c_char,
+        ) -> c_int;
+
+        /// `int rrd_update_r(const char *filename, const char *_template,
+        /// int argc, const char **argv);`
+        pub fn rrd_update_r(
+            filename: *const c_char,
+            template: *const c_char,
+            argc: c_int,
+            argv: *const *const c_char,
+        ) -> c_int;
+
+        /// `void rrd_clear_error(void);`
+        pub fn rrd_clear_error();
+
+        /// `char *rrd_get_error(void);` (the calling thread's error text)
+        pub fn rrd_get_error() -> *mut c_char;
+    }
+}
+
+/// Serializes all librrd calls of this process.
+static LIBRRD: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    // a panic while holding it leaves librrd in no worse state than an error
+    LIBRRD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn c_string(what: &str, bytes: &[u8]) -> Result<CString, String> {
+    CString::new(bytes).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+fn c_path(path: &Path) -> Result<CString, String> {
+    c_string("path", path.as_os_str().as_bytes())
+}
+
+/// The calling thread's librrd error text. Call with the lock held, right
+/// after the failed call.
+fn last_error() -> String {
+    // SAFETY: rrd_get_error takes no arguments and returns the calling
+    // thread's error buffer (or NULL if librrd could not allocate its
+    // context); it does not transfer ownership.
+    let ptr = unsafe { sys::rrd_get_error() };
+    if ptr.is_null() {
+        return "unknown librrd error".into();
+    }
+    // SAFETY: a non-NULL result points to librrd's NUL-terminated per-thread
+    // error buffer, which stays valid and unchanged until the next librrd
+    // call on this thread; we copy it out before releasing the lock.
+    let text = unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned();
+    if text.is_empty() {
+        "unknown librrd error".into()
+    } else {
+        text
+    }
+}
+
+/// `rrd_create_r(path, step, start, args)`: creates the file (librrd writes
+/// a temporary file and renames it into place).
+pub(crate) fn create(path: &Path, step: u64, start: i64, args: &[String]) -> Result<(), String> {
+    let filename = c_path(path)?;
+    let args: Vec<CString> = args
+        .iter()
+        .map(|a| c_string("argument", a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    let argc = c_int::try_from(argv.len()).map_err(|_| "too many arguments".to_string())?;
+    let step = c_ulong::try_from(step).map_err(|_| "step out of range".to_string())?;
+    let start = libc::time_t::try_from(start).map_err(|_| "start out of range".to_string())?;
+
+    let _guard = lock();
+    // SAFETY: no arguments, only resets this thread's error buffer.
+    unsafe { sys::rrd_clear_error() };
+    // SAFETY: `filename` and every element of `argv` point to NUL-terminated
+    // strings owned by `filename` / `args`, which outlive the call; `argc` is
+    // the exact length of `argv`; librrd only reads them and keeps no
+    // pointer after returning.
+    let rc = unsafe { sys::rrd_create_r(filename.as_ptr(), step, start, argc, argv.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_error())
+    }
+}
+
+/// `rrd_update_r(path, NULL, 1, [value])`.
+pub(crate) fn update(path: &Path, value: &str) -> Result<(), String> {
+    let filename = c_path(path)?;
+    let value = c_string("value", value.as_bytes())?;
+    // rrd_update_r parses the value in place on a copy it makes itself
+    let argv: [*const c_char; 1] = [value.as_ptr()];
+
+    let _guard = lock();
+    // SAFETY: no arguments, only resets this thread's error buffer.
+    unsafe { sys::rrd_clear_error() };
+    // SAFETY: `filename` and `argv[0]` point to NUL-terminated strings that
+    // outlive the call, argc 1 matches `argv`; a NULL template means "all
+    // data sources in order"; librrd keeps no pointer after returning.
+    let rc = unsafe { sys::rrd_update_r(filename.as_ptr(), std::ptr::null(), 1, argv.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{RrdKind, STEP};
+
+    #[test]
+    fn create_update_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        create(&path, STEP, 1_700_000_000, &RrdKind::Storage.create_args()).unwrap();
+        assert!(path.is_file());
+        update(&path, "1700000060:10:5").unwrap();
+        // same time again: librrd refuses, with its message
+        let e = update(&path, "1700000060:10:5").unwrap_err();
+        assert!(e.contains("illegal attempt to update"), "{e}");
+        let e = update(&path, "1700000120:10").unwrap_err();
+        assert!(e.contains("expected 2 data source readings"), "{e}");
+        let e = update(&dir.path().join("missing"), "1700000060:1:2").unwrap_err();
+        assert!(!e.is_empty());
+        let e = create(
+            &dir.path().join("x"),
+            STEP,
+            1_700_000_000,
+            &["DS:bad".into()],
+        )
+        .unwrap_err();
+        assert!(!e.is_empty());
+        assert!(create(Path::new("a\0b"), STEP, 0, &[]).is_err());
+    }
+}
