@@ -6,6 +6,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use pmxcfs_memdb::{ChangeObserver, MemDb};
+use pmxcfs_rrd::{parse_update, RrdDump, RrdWriter};
 
 use std::collections::HashMap;
 
@@ -27,6 +28,8 @@ struct Inner {
     remote_kv: HashMap<String, KvTable>,
     /// `nodeip` per node name (status.c `iphash`).
     node_ips: HashMap<String, String>,
+    /// Recent `rrd/` updates for `.rrd` and GET_RRD_DUMP.
+    rrd_dump: RrdDump,
 }
 
 /// Shared status of this node (status.c `cfs_status`).
@@ -34,17 +37,28 @@ pub struct Status {
     nodename: String,
     start_time: u64,
     inner: Mutex<Inner>,
+    /// Writes `rrd/` updates to RRD files (None: keep them in the dump only).
+    rrd_writer: Option<RrdWriter>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Status {
     pub fn new(nodename: &str) -> Self {
-        let start_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        Self::with_rrd(nodename, None)
+    }
+
+    /// A status whose `rrd/` updates also go to RRD files.
+    pub fn with_rrd(nodename: &str, rrd_writer: Option<RrdWriter>) -> Self {
         Status {
             nodename: nodename.to_string(),
-            start_time,
+            start_time: now_secs(),
+            rrd_writer,
             inner: Mutex::new(Inner {
                 counters: PathCounters::new(),
                 clinfo_version: 0,
@@ -53,6 +67,7 @@ impl Status {
                 kv: KvTable::default(),
                 remote_kv: HashMap::new(),
                 node_ips: HashMap::new(),
+                rrd_dump: RrdDump::new(),
             }),
         }
     }
@@ -122,9 +137,8 @@ impl Status {
         )
     }
 
-    /// SET_STATUS of this node (status.c `cfs_status_set`) for the kv
-    /// store and `nodeip`. `rrd/` keys are the caller's (RRD layer).
-    pub fn set_kv(&self, key: &str, data: &[u8]) -> Result<(), Errno> {
+    /// The kv store and `nodeip` part of SET_STATUS.
+    fn set_kv(&self, key: &str, data: &[u8]) -> Result<(), Errno> {
         if data.len() > MAX_STATUS_SIZE {
             return Err(Errno::EFBIG);
         }
@@ -162,9 +176,41 @@ impl Status {
         render_vmlist(version, &entries)
     }
 
-    /// `.rrd`: `key:data` lines of recent RRD updates (none are kept yet).
+    /// `.rrd`: `key:data` lines of the RRD updates of the last 300 s.
     pub fn rrd_file(&self) -> Vec<u8> {
-        Vec::new()
+        self.lock().rrd_dump.dump(now_secs())
+    }
+
+    /// GET_RRD_DUMP: the `.rrd` lines plus a trailing NUL.
+    pub fn rrd_dump_ipc(&self) -> Vec<u8> {
+        self.lock().rrd_dump.dump_ipc(now_secs())
+    }
+
+    /// SET_STATUS (status.c `cfs_status_set`): `rrd/<key>` to the RRD
+    /// dump and files, `nodeip` to the IP table, anything else to the kv
+    /// store.
+    pub fn set_status(&self, key: &str, data: &[u8]) -> Result<(), Errno> {
+        if data.len() > MAX_STATUS_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let Some(rrd_key) = key.strip_prefix("rrd/") else {
+            return self.set_kv(key, data);
+        };
+        self.lock()
+            .rrd_dump
+            .set(rrd_key, data, now_secs())
+            .map_err(|e| e.set_status_errno().unwrap_or(Errno::ENOMEM))?;
+        match parse_update(rrd_key, data) {
+            Ok(update) => {
+                if let Some(w) = &self.rrd_writer {
+                    if let Err(e) = w.update(&update) {
+                        tracing::warn!("RRD update of '{rrd_key}' failed: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("ignoring RRD update '{rrd_key}': {e}"),
+        }
+        Ok(())
     }
 }
 
@@ -189,19 +235,33 @@ mod tests {
     #[test]
     fn kv_store() {
         let s = Status::new("n1");
-        s.set_kv("kv/foo", b"bar\0").unwrap();
+        s.set_status("kv/foo", b"bar\0").unwrap();
         assert_eq!(s.get_kv("", "kv/foo").unwrap(), b"bar\0");
         assert_eq!(s.get_kv("n1", "kv/foo").unwrap(), b"bar\0");
         assert_eq!(s.get_kv("n2", "kv/foo"), Err(Errno::ENOENT));
-        s.set_kv("kv/foo", b"").unwrap();
+        s.set_status("kv/foo", b"").unwrap();
         assert_eq!(s.get_kv("", "kv/foo"), Err(Errno::ENOENT));
-        assert_eq!(s.set_kv("x", &[1u8; 32769]), Err(Errno::EFBIG));
-        s.set_kv("x", &[1u8; 32768]).unwrap();
+        assert_eq!(s.set_status("x", &[1u8; 32769]), Err(Errno::EFBIG));
+        s.set_status("x", &[1u8; 32768]).unwrap();
         let before = String::from_utf8(s.members_file()).unwrap();
-        s.set_kv("nodeip", b"10.1.1.1\0").unwrap();
+        s.set_status("nodeip", b"10.1.1.1\0").unwrap();
         let after = String::from_utf8(s.members_file()).unwrap();
         assert_ne!(before, after, "nodeip bumps the cluster info version");
-        assert_eq!(s.set_kv("nodeip", b"10.1.1.1"), Err(Errno::ENOMEM));
+        assert_eq!(s.set_status("nodeip", b"10.1.1.1"), Err(Errno::ENOMEM));
+    }
+
+    #[test]
+    fn rrd_dump_entries() {
+        let s = Status::new("n1");
+        s.set_status("rrd/pve2-node/n1", b"1700000000:1:2\0")
+            .unwrap();
+        s.set_status("rrd/whatever/key", b"x\0").unwrap();
+        let dump = String::from_utf8(s.rrd_file()).unwrap();
+        assert!(dump.contains("pve2-node/n1:1700000000:1:2\n"), "{dump}");
+        assert!(dump.contains("whatever/key:x\n"), "{dump}");
+        assert_eq!(s.rrd_dump_ipc().last(), Some(&0));
+        assert_eq!(s.set_status("rrd/a", b"no nul"), Err(Errno::ENOMEM));
+        assert_eq!(s.set_status("rrd/a", b""), Err(Errno::ENOMEM));
     }
 
     #[test]
