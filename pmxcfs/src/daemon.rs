@@ -206,7 +206,8 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         .unwrap_or_else(|| db_dir.join(paths::LOCK_FILE_NAME));
     let _lock = acquire_lock(&lock_path)?;
 
-    let status = Arc::new(Status::new(&nodename));
+    let rrd = pmxcfs_rrd::RrdWriter::new(&cli.rrd_dir, Some(cli.rrdcached_socket.clone()));
+    let status = Arc::new(Status::with_rrd(&nodename, Some(rrd)));
     let clog = Arc::new(std::sync::Mutex::new(pmxcfs_logger::ClusterLog::new()));
     {
         let now = std::time::SystemTime::now()

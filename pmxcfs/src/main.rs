@@ -55,6 +55,9 @@ pub struct Cli {
     /// RRD database directory
     #[arg(long, value_name = "PATH", default_value = paths::RRD_DIR)]
     pub rrd_dir: PathBuf,
+    /// rrdcached socket (updates fall back to librrd without it)
+    #[arg(long, value_name = "PATH", default_value = paths::RRDCACHED_SOCKET)]
+    pub rrdcached_socket: PathBuf,
     /// Node name [default: uname nodename up to the first '.']
     #[arg(long, value_name = "NAME")]
     pub nodename: Option<String>,
