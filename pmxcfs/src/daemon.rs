@@ -282,14 +282,30 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         .enable_all()
         .build()
         .context("unable to start the runtime")?;
-    let result = rt.block_on(serve(
+    let ipc = IpcSetup {
+        config: pmxcfs_ipc::ServerConfig {
+            service_name: cli.ipc_name.clone(),
+            www_data_gid: gid.as_raw(),
+            max_msg_size: pmxcfs_ipc::DEFAULT_MAX_MSG_SIZE,
+        },
+        memdb: memdb.clone(),
+        ops: Arc::new(crate::ipc_glue::StatusBridge {
+            memdb: memdb.clone(),
+            status: status.clone(),
+            clog: clog.clone(),
+            nodename: nodename.clone(),
+        }),
+    };
+    let served = Serve {
         session,
         unmounter,
-        &cli.mount,
+        mount: &cli.mount,
         ready,
-        &restart_flag,
+        restart_flag: &restart_flag,
         gid,
-    ));
+        ipc,
+    };
+    let result = rt.block_on(serve(served));
 
     memdb.checkpoint();
     drop(memdb);
@@ -350,15 +366,36 @@ async fn stop_fuse(
     }
 }
 
-async fn serve(
-    mut session: fuser::Session<CfsFs>,
-    mut unmounter: fuser::SessionUnmounter,
-    mount: &Path,
+/// What the IPC server is started with.
+struct IpcSetup {
+    config: pmxcfs_ipc::ServerConfig,
+    memdb: Arc<MemDb>,
+    ops: Arc<dyn pmxcfs_ipc::StatusOps>,
+}
+
+/// Everything `serve` runs and tears down.
+struct Serve<'a> {
+    session: fuser::Session<CfsFs>,
+    unmounter: fuser::SessionUnmounter,
+    mount: &'a Path,
     ready: Option<OwnedFd>,
-    restart_flag: &Path,
+    restart_flag: &'a Path,
     gid: Gid,
-) -> Result<()> {
+    ipc: IpcSetup,
+}
+
+async fn serve(s: Serve<'_>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+
+    let Serve {
+        mut session,
+        mut unmounter,
+        mount,
+        ready,
+        restart_flag,
+        gid,
+        ipc,
+    } = s;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -375,6 +412,13 @@ async fn serve(
         })
         .context("unable to start the FUSE thread")?;
 
+    let server = match pmxcfs_ipc::Server::start(ipc.config, ipc.memdb, ipc.ops) {
+        Ok(server) => server,
+        Err(e) => {
+            stop_fuse(&mut unmounter, mount, conn, &mut done_rx).await;
+            return Err(anyhow::anyhow!("unable to start the IPC server: {e}"));
+        }
+    };
     let _ = std::fs::remove_file(restart_flag);
     if let Some(fd) = ready {
         let mut f = File::from(fd);
@@ -394,6 +438,7 @@ async fn serve(
 
     create_restart_flag(restart_flag, gid);
     tracing::info!("teardown filesystem");
+    server.stop().await;
     stop_fuse(&mut unmounter, mount, conn, &mut done_rx).await;
     if !fuse.is_finished() {
         // Still held open by a process inside the detached mount (and no

@@ -7,6 +7,7 @@
 
 mod daemon;
 mod fs;
+mod ipc_glue;
 mod logging;
 mod plugins;
 

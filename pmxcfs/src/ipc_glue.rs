@@ -1,0 +1,79 @@
+//! What the IPC server needs from the status layer and the cluster log,
+//! wired together here (the ipc crate may not depend on status, which is
+//! on its own layer, nor on logger, which is above it).
+
+use std::sync::{Arc, Mutex};
+
+use pmxcfs_api_types::Errno;
+use pmxcfs_ipc::{ClusterLogMessage, StatusOps};
+use pmxcfs_logger::ClusterLog;
+use pmxcfs_memdb::MemDb;
+use pmxcfs_status::Status;
+
+pub struct StatusBridge {
+    pub memdb: Arc<MemDb>,
+    pub status: Arc<Status>,
+    pub clog: Arc<Mutex<ClusterLog>>,
+    pub nodename: String,
+}
+
+impl StatusBridge {
+    fn clog(&self) -> std::sync::MutexGuard<'_, ClusterLog> {
+        self.clog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+impl StatusOps for StatusBridge {
+    fn fs_version(&self) -> Vec<u8> {
+        self.status.version_file(&self.memdb)
+    }
+
+    fn cluster_info(&self) -> Vec<u8> {
+        self.status.members_file()
+    }
+
+    fn guest_list(&self) -> Vec<u8> {
+        self.status.vmlist_file(&self.memdb)
+    }
+
+    fn set_status(&self, name: &str, data: &[u8]) -> Result<(), Errno> {
+        self.status.set_status(name, data)
+    }
+
+    fn get_status(&self, name: &str, node: &str) -> Result<Vec<u8>, Errno> {
+        self.status.get_kv(node, name)
+    }
+
+    fn log_cluster_msg(&self, m: &ClusterLogMessage) -> Result<(), Errno> {
+        // priority >= 8: success, nothing stored (C behaviour)
+        let _ = self.clog().add(
+            &self.nodename,
+            m.ident,
+            m.tag,
+            m.pid,
+            m.priority,
+            now_secs(),
+            m.msg,
+        );
+        Ok(())
+    }
+
+    fn cluster_log(&self, max_entries: u32, user: &[u8]) -> Vec<u8> {
+        let user = String::from_utf8_lossy(user);
+        let filter = (!user.is_empty()).then_some(user.as_ref());
+        self.clog()
+            .dump_json(max_entries as usize, filter)
+            .into_bytes()
+    }
+
+    fn rrd_dump(&self) -> Vec<u8> {
+        self.status.rrd_dump_ipc()
+    }
+}
