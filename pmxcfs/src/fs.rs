@@ -35,6 +35,8 @@ const MAX_WRITE: u32 = MAX_FILE_SIZE as u32;
 /// fails on its own (see [`accepted_len`]).
 const C_WRITE_CHUNK: usize = 128 * 1024;
 const FOPEN_DIRECT_IO: u32 = 1;
+/// Longest entry name (the kernel's FUSE_NAME_MAX for the C daemon).
+const FUSE_NAME_MAX: usize = 1024;
 
 /// What a FUSE inode refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +223,11 @@ impl CfsFs {
     /// The relative path of `name` in directory `parent`, or the plugin it
     /// names. Errors as `find_plug` would give them.
     fn child(&self, parent: u64, name: &OsStr) -> Result<Target, Errno> {
+        // The kernel gives the C daemon names up to FUSE_NAME_MAX only;
+        // newer kernels let longer ones through to us.
+        if name.len() > FUSE_NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
         let name = name.to_str().ok_or(Errno::EINVAL)?;
         match node_of(parent) {
             Some(Node::Db(Inode::ROOT)) => {
