@@ -561,6 +561,9 @@ def test_long_names_up_to_1024(t):
         write(d.path(name), b"x")
         eq(read(d.path(name)), b"x", f"{n}-byte name content")
         check(name in os.listdir(d.mount), f"{n}-byte name not listed")
+    # longer names: ENAMETOOLONG, as the kernel answers for the C daemon
+    expect_errno(errno.ENAMETOOLONG, write, d.path("n" * 1025), b"x")
+    expect_errno(errno.ENAMETOOLONG, os.mkdir, d.path("d" * 1025))
 
 
 def test_read_offsets(t):
