@@ -44,7 +44,13 @@ impl StatusOps for StatusBridge {
     }
 
     fn set_status(&self, name: &str, data: &[u8]) -> Result<(), Errno> {
-        self.status.set_status(name, data)
+        if name.starts_with("rrd/") {
+            // RRD file I/O (rrdcached or librrd) may take a while: let the
+            // runtime move its other tasks off this worker meanwhile.
+            tokio::task::block_in_place(|| self.status.set_status(name, data))
+        } else {
+            self.status.set_status(name, data)
+        }
     }
 
     fn get_status(&self, name: &str, node: &str) -> Result<Vec<u8>, Errno> {
