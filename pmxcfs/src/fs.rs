@@ -10,8 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
 use pmxcfs_api_types::{
@@ -724,40 +723,9 @@ impl Filesystem for CfsFs {
         )
     }
 
-    // xattr calls: ENOSYS makes the kernel stop asking (no round trip on
-    // every open for write) and answer EOPNOTSUPP (= ENOTSUP) itself,
-    // which is what callers of the C daemon see.
-    fn setxattr(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(libc::ENOSYS)
-    }
-
-    fn getxattr(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(libc::ENOSYS)
-    }
-
-    fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, _size: u32, reply: ReplyXattr) {
-        reply.error(libc::ENOSYS)
-    }
-
-    fn removexattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(libc::ENOSYS)
-    }
+    // xattr calls are left to fuser's defaults: ENOSYS, which makes the
+    // kernel stop asking (no round trip on every open for write) and answer
+    // EOPNOTSUPP (= ENOTSUP) itself, what callers of the C daemon see.
 
     fn create(
         &mut self,
