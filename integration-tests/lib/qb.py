@@ -1,0 +1,349 @@
+"""libqb IPC for the integration tests: the REAL libqb client library.
+
+`pmxcfs-ipc/tests/qbclient.c` (a scriptable libqb client, see its header
+comment) is compiled once per run with `cc -O1 -o <tmp>/qbclient qbclient.c
+-lqb` into a temp dir that lives until the runner exits. A compile failure
+fails every test that needs it, with the compiler's reason (never a skip).
+
+Clients that must run as another user are started with real set*id calls
+(subprocess user=/group=/extra_groups=[]: setgroups([]), setgid, setuid before
+exec), so the daemon sees those credentials through the kernel.
+
+    r = run(svc, "req", 1, "-")              # one client, any commands
+    err, data = call(svc, OP_GET_FS_VERSION) # one request, header checked
+    out = calls(svc, [(op, payload), ...])   # several requests, one client
+    c = spawn(svc, ...); ...; res = c.finish()
+
+Request payload encoders: name256, cstr, set_status, get_status, log_msg,
+get_log, vmid_prop, vmid_props, raw_msg. Errors are negative errno values.
+"""
+
+import errno
+import os
+import shutil
+import struct
+import subprocess
+import threading
+
+from lib import harness
+from lib.harness import TestFailure
+
+QBCLIENT_SRC = os.path.join(harness.REPO_ROOT, "pmxcfs-ipc", "tests", "qbclient.c")
+
+OP_GET_FS_VERSION = 1
+OP_GET_CLUSTER_INFO = 2
+OP_GET_GUEST_LIST = 3
+OP_SET_STATUS = 4
+OP_GET_STATUS = 5
+OP_GET_CONFIG = 6
+OP_LOG_CLUSTER_MSG = 7
+OP_GET_CLUSTER_LOG = 8
+OP_GET_RRD_DUMP = 10
+OP_GET_GUEST_CONFIG_PROPERTY = 11
+OP_VERIFY_TOKEN = 12
+OP_GET_GUEST_CONFIG_PROPERTIES = 13
+
+REQ_HEADER = 16
+RESP_HEADER = 24
+MAX_MSG = 1024 * 1024
+
+OK = 0
+EPERM = -errno.EPERM
+ENOENT = -errno.ENOENT
+EIO = -errno.EIO
+ENOMEM = -errno.ENOMEM
+EEXIST = -errno.EEXIST
+EINVAL = -errno.EINVAL
+EFBIG = -errno.EFBIG
+ECHRNG = -errno.ECHRNG
+ENOBUFS = -errno.ENOBUFS
+
+ROOT = (0, 0)
+NOBODY = (65534, 65534)
+WWW_DATA_UID = 33
+
+
+def errstr(e):
+    if e is None:
+        return "None"
+    if e == 0:
+        return "0"
+    name = errno.errorcode.get(-e) if e < 0 else None
+    return f"-{name}" if name else str(e)
+
+
+# --------------------------------------------------------------------------
+# building the client
+
+_build_lock = threading.Lock()
+_build = {"path": None, "error": None}
+
+
+def qbclient():
+    """Path of the compiled qbclient (compiled on first use, once per run)."""
+    with _build_lock:
+        if _build["path"]:
+            return _build["path"]
+        if _build["error"]:
+            raise TestFailure(_build["error"])
+        try:
+            _build["path"] = _compile()
+        except TestFailure as e:
+            _build["error"] = str(e)
+            raise
+        return _build["path"]
+
+
+def _compile():
+    if not os.path.isfile(QBCLIENT_SRC):
+        raise TestFailure(f"qbclient source missing: {QBCLIENT_SRC}")
+    cc = shutil.which("cc")
+    if cc is None:
+        raise TestFailure("cannot build the libqb client: no `cc` in PATH (apt-get install gcc libqb-dev)")
+    # a temp dir outside every test's ExitStack: removed by cleanup_all() at exit
+    tmp = harness.TempDir()
+    out = os.path.join(tmp.path, "qbclient")
+    cmd = [cc, "-O1", "-o", out, QBCLIENT_SRC, "-lqb"]
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise TestFailure(f"compiling the libqb client timed out: {' '.join(cmd)}")
+    if p.returncode != 0:
+        msg = " | ".join(p.stdout.decode(errors="replace").strip().splitlines()[-4:])
+        raise TestFailure(
+            f"cannot compile the libqb client ({' '.join(cmd)}, exit {p.returncode}; "
+            f"is libqb-dev installed?): {msg}"
+        )
+    os.chmod(out, 0o755)  # also run as www-data / nobody
+    return out
+
+
+# --------------------------------------------------------------------------
+# payload encoders
+
+
+def _b(s):
+    return s.encode() if isinstance(s, str) else bytes(s)
+
+
+def hexarg(payload):
+    return payload.hex() if payload else "-"
+
+
+def name256(s):
+    """A char[256] field: the bytes, NUL-padded to 256 (no NUL if 256 long)."""
+    b = _b(s)
+    if len(b) > 256:
+        raise ValueError("name longer than 256 bytes")
+    return b + b"\0" * (256 - len(b))
+
+
+def cstr(s):
+    return _b(s) + b"\0"
+
+
+def set_status(name, data):
+    return name256(name) + _b(data)
+
+
+def get_status(name, node=""):
+    return name256(name) + name256(node)
+
+
+def log_msg(prio, ident, tag, msg, *, msg_nul=True):
+    """LOG_CLUSTER_MSG: u8 prio, u8 ident_len, u8 tag_len, ident NUL, tag NUL, msg NUL."""
+    ident, tag, msg = _b(ident), _b(tag), _b(msg)
+    return bytes([prio, len(ident) + 1, len(tag) + 1]) + ident + b"\0" + tag + b"\0" + msg + (b"\0" if msg_nul else b"")
+
+
+def get_log(max_entries, user, *, nul=True):
+    """GET_CLUSTER_LOG: u32 max, 3 x u32 reserved, user NUL."""
+    return struct.pack("<4I", max_entries, 0, 0, 0) + _b(user) + (b"\0" if nul else b"")
+
+
+def vmid_prop(vmid, prop):
+    """op 11: u32 vmid + property (give the NUL yourself)."""
+    return struct.pack("<I", vmid) + _b(prop)
+
+
+def vmid_props(vmid, n, props):
+    """op 13: u32 vmid, u8 n, the property bytes as given."""
+    return struct.pack("<IB", vmid, n) + _b(props)
+
+
+def raw_msg(op, size, payload=b""):
+    """A request with an arbitrary header size field: {i32 id @0, i32 size @8}."""
+    return struct.pack("<i4xi4x", op, size) + _b(payload)
+
+
+# --------------------------------------------------------------------------
+# running clients
+
+
+class Line:
+    """One output line of qbclient."""
+
+    def __init__(self, text):
+        self.text = text
+        f = text.split()
+        self.kind = f[0] if f else ""
+        self.res = self.id = self.size = self.error = None
+        self.data = None
+        self.value = None
+        if self.kind == "REPLY" and len(f) == 6:
+            self.res = int(f[1])
+            if f[2] != "-":
+                self.id, self.size, self.error = int(f[2]), int(f[3]), int(f[4])
+                self.data = b"" if f[5] == "-" else bytes.fromhex(f[5])
+        elif self.kind in ("CONNECT_FAIL", "FAIL", "SENT") and len(f) == 2:
+            self.value = int(f[1])
+        elif self.kind == "REPEAT" and len(f) == 3:
+            self.value = int(f[1])
+
+    def __repr__(self):
+        t = self.text
+        return repr(t if len(t) <= 120 else t[:117] + "...")
+
+
+class Result:
+    def __init__(self, argv, pid, rc, out, err):
+        self.argv = argv
+        self.pid = pid
+        self.rc = rc
+        self.stdout = out.decode(errors="replace")
+        self.stderr = err.decode(errors="replace")
+        self.lines = [Line(l) for l in self.stdout.splitlines() if l.strip()]
+
+    def describe(self):
+        s = f"qbclient pid {self.pid} exit {self.rc}, output {self.lines[:6]!r}"
+        if self.stderr.strip():
+            s += f", stderr {self.stderr.strip()[:200]!r}"
+        return s
+
+    def connected(self):
+        return bool(self.lines) and self.lines[0].kind == "CONNECTED"
+
+    def replies(self):
+        """The lines after CONNECTED (fails if the connect failed)."""
+        if not self.connected():
+            raise TestFailure(f"libqb client could not connect: {self.describe()}")
+        return self.lines[1:]
+
+
+def _argv(service, cmds, max_size):
+    a = [qbclient(), service]
+    if max_size is not None:
+        a += ["--max", str(max_size)]
+    return a + [str(c) for c in cmds]
+
+
+def _cred_kwargs(creds):
+    if creds is None:
+        return {}
+    uid, gid = creds
+    return {"user": uid, "group": gid, "extra_groups": []}
+
+
+class Client:
+    """A qbclient process running in the background (registered for cleanup)."""
+
+    def __init__(self, service, cmds, creds=None, max_size=None):
+        self.argv = _argv(service, cmds, max_size)
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            **_cred_kwargs(creds),
+        )
+        self.pid = self.popen.pid
+        self.watch = harness.ProcWatch(self.pid, self.popen)
+        harness.register_proc(self.watch)
+
+    def finish(self, timeout=20):
+        try:
+            out, err = self.popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            out, err = self.popen.communicate()
+            raise TestFailure(
+                f"libqb client {self.argv[2:8]} did not finish within {timeout}s "
+                f"(daemon not answering?); output so far {out.decode(errors='replace')[:300]!r}"
+            )
+        return Result(self.argv, self.pid, self.popen.returncode, out, err)
+
+    def kill(self, sig):
+        self.watch.signal(sig)
+
+
+def spawn(service, *cmds, creds=None, max_size=None):
+    return Client(service, cmds, creds, max_size)
+
+
+def run(service, *cmds, creds=None, max_size=None, timeout=20):
+    """Run one qbclient with the given commands; returns a Result."""
+    return Client(service, cmds, creds, max_size).finish(timeout)
+
+
+def check_reply(line, op, what):
+    """Checks the 24-byte response header of a REPLY line; returns (error, data)."""
+    if line.kind == "FAIL":
+        raise TestFailure(f"{what}: libqb client failed with {errstr(line.value)} ({line.value}) instead of a reply")
+    if line.kind != "REPLY" or line.id is None:
+        raise TestFailure(f"{what}: expected a reply, got {line!r}")
+    if line.id != op:
+        raise TestFailure(f"{what}: reply id {line.id}, expected {op}")
+    if line.size != line.res:
+        raise TestFailure(f"{what}: reply header size {line.size} != {line.res} bytes received")
+    if line.res != RESP_HEADER + len(line.data):
+        raise TestFailure(f"{what}: {line.res} bytes received but header + payload = {RESP_HEADER}+{len(line.data)}")
+    if line.error != 0 and line.data:
+        raise TestFailure(f"{what}: error reply {errstr(line.error)} carries {len(line.data)} payload bytes")
+    return line.error, line.data
+
+
+def calls(service, reqs, *, creds=None, what="", bufsize=None):
+    """Send [(op, payload), ...] over one connection; returns [(error, data), ...]."""
+    cmds = []
+    if bufsize is not None:
+        cmds += ["bufsize", bufsize]
+    for op, payload in reqs:
+        cmds += ["req", op, hexarg(_b(payload))]
+    r = run(service, *cmds, creds=creds)
+    lines = r.replies()
+    if len(lines) != len(reqs):
+        raise TestFailure(f"{what or 'requests'}: expected {len(reqs)} replies, got {r.describe()}")
+    return [check_reply(l, op, f"{what} op {op}".strip()) for l, (op, _) in zip(lines, reqs)]
+
+
+def call(service, op, payload=b"", *, creds=None, what=None):
+    """One request over a fresh connection; returns (error, data)."""
+    return calls(service, [(op, payload)], creds=creds, what=what or f"op {op}")[0]
+
+
+def ok(service, op, payload=b"", *, creds=None, what=None):
+    """One request that must succeed; returns the reply data."""
+    label = what or f"op {op}"
+    err, data = call(service, op, payload, creds=creds, what=label)
+    if err != 0:
+        raise TestFailure(f"{label}: expected success, got {errstr(err)}")
+    return data
+
+
+def expect(service, op, payload, expected, *, creds=None, what=None):
+    """One request that must answer with error `expected` (0 or -errno)."""
+    label = what or f"op {op}"
+    err, data = call(service, op, payload, creds=creds, what=label)
+    if err != expected:
+        raise TestFailure(f"{label}: expected {errstr(expected)}, got {errstr(err)}")
+    return data
+
+
+def shm_dirs(server_pid, client_pid=None):
+    """libqb connection dirs /dev/shm/qb-<server pid>-<client pid>-*."""
+    prefix = f"qb-{server_pid}-" + (f"{client_pid}-" if client_pid is not None else "")
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+    except OSError:
+        return []
