@@ -201,6 +201,34 @@ def test_debug_read_write(t):
     eq(read(f), b"0\n", ".debug after O_TRUNC write")
 
 
+def test_debug_switches_logging(t):
+    """Writing 1\n to .debug turns debug logging on in the running daemon, 0\n off (end to end)."""
+    d = t.daemon()
+
+    def debug_lines():
+        return sum(1 for l in d.stderr_text().splitlines() if "DEBUG" in l)
+
+    def some_fs_work(tag):
+        write(d.path(f"debugprobe-{tag}"), b"x")
+        os.stat(d.path(f"debugprobe-{tag}"))
+
+    some_fs_work("a")
+    time.sleep(0.3)
+    before = debug_lines()
+    eq(before, 0, "DEBUG lines before .debug was switched on")
+    write(d.path(".debug"), b"1\n")
+    some_fs_work("b")
+    time.sleep(0.3)
+    on = debug_lines()
+    check(on > before, f"no DEBUG lines after writing 1\\n to .debug ({on})")
+    write(d.path(".debug"), b"0\n")
+    time.sleep(0.3)
+    off = debug_lines()
+    some_fs_work("c")
+    time.sleep(0.3)
+    eq(debug_lines(), off, "DEBUG lines after writing 0\\n to .debug")
+
+
 def test_clusterlog_json(t):
     """.clusterlog is JSON {"data": [...]} with the start entry "starting cluster log"."""
     d = t.daemon()
