@@ -32,6 +32,15 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// Lock directories expire after this many seconds (`CFS_LOCK_TIMEOUT`).
 pub const LOCK_TIMEOUT: u32 = 120;
 
+/// Seconds since the epoch, as the C code's `time(NULL)` (0 if the clock
+/// is before 1970). The database and the wire formats keep 32-bit times.
+pub fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
 /// A database inode number. The root is inode 0; every other entry's inode is
 /// the global version at the time it was created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -121,7 +121,7 @@ impl Backend {
         if tree.root().version == 0 {
             let root = tree.root_mut();
             root.version = 1;
-            root.mtime = now();
+            root.mtime = pmxcfs_api_types::now_secs();
             let row = RootRow {
                 version: root.version,
                 writer: root.writer,
@@ -381,11 +381,4 @@ impl Backend {
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
             .map_err(|e| self.err("checkpoint", e))
     }
-}
-
-pub(crate) fn now() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
 }

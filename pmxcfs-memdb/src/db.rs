@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pmxcfs_api_types::{
-    path_is_lockdir, Errno, FileKind, Inode, Operation, VmType, BLOCK_SIZE, MAX_FILE_SIZE,
-    MAX_FS_SIZE, MAX_INODES,
+    now_secs, path_is_lockdir, Errno, FileKind, Inode, Operation, VmType, BLOCK_SIZE,
+    MAX_FILE_SIZE, MAX_FS_SIZE, MAX_INODES,
 };
 
-use crate::backend::{now, Backend, RootRow, RowWrite};
+use crate::backend::{Backend, RootRow, RowWrite};
 use crate::error::MemDbError;
 use crate::index;
 use crate::locks::LockCache;
@@ -350,7 +350,7 @@ impl MemDb {
         Self::commit(inner, Some(&entry), None, writer, mtime)?;
         if dirname == "priv/lock" {
             let csum = index::entry_csum(&entry);
-            inner.locks.reset(path, &csum, now());
+            inner.locks.reset(path, &csum, now_secs());
         }
         inner.tree.insert(entry);
         Ok(0)
@@ -501,7 +501,7 @@ impl MemDb {
         Self::commit(inner, Some(&entry), None, writer, mtime)?;
         if is_lock {
             let csum = index::entry_csum(&entry);
-            inner.locks.reset(path, &csum, now());
+            inner.locks.reset(path, &csum, now_secs());
         }
         inner.tree.insert(entry);
         self.changed(path);
@@ -612,7 +612,7 @@ impl MemDb {
     /// Is the lock at `path` (with checksum `csum`) older than 120 s on this
     /// node? (`memdb_lock_expired`)
     pub fn lock_expired(&self, path: &str, csum: &[u8; 32]) -> bool {
-        self.lock().locks.expired(normalize(path), csum, now())
+        self.lock().locks.expired(normalize(path), csum, now_secs())
     }
 
     /// The VM list version and the number of guests.
@@ -680,6 +680,6 @@ impl Inner {
                 }
             }
         }
-        self.locks.replace_all(locks, now());
+        self.locks.replace_all(locks, now_secs());
     }
 }

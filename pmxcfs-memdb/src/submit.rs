@@ -8,9 +8,8 @@
 
 use std::sync::Arc;
 
-use pmxcfs_api_types::{path_is_lockdir, Errno, Operation};
+use pmxcfs_api_types::{now_secs, path_is_lockdir, Errno, Operation};
 
-use crate::backend::now;
 use crate::MemDb;
 
 /// Where filesystem mutations go.
@@ -36,7 +35,7 @@ impl LocalSubmitter {
 
 impl Submit for LocalSubmitter {
     fn submit(&self, op: Operation) -> Result<usize, Errno> {
-        let ctime = now();
+        let ctime = now_secs();
         match op {
             // utime(lock, 0, 0) is an unlock request: in local mode the lock
             // goes away once this node has seen it unchanged for 120 s

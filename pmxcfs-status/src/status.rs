@@ -41,13 +41,6 @@ pub struct Status {
     rrd_writer: Option<RrdWriter>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Status {
     pub fn new(nodename: &str) -> Self {
         Self::with_rrd(nodename, None)
@@ -57,7 +50,7 @@ impl Status {
     pub fn with_rrd(nodename: &str, rrd_writer: Option<RrdWriter>) -> Self {
         Status {
             nodename: nodename.to_string(),
-            start_time: now_secs(),
+            start_time: u64::from(pmxcfs_api_types::now_secs()),
             rrd_writer,
             inner: Mutex::new(Inner {
                 counters: PathCounters::new(),
@@ -178,12 +171,16 @@ impl Status {
 
     /// `.rrd`: `key:data` lines of the RRD updates of the last 300 s.
     pub fn rrd_file(&self) -> Vec<u8> {
-        self.lock().rrd_dump.dump(now_secs())
+        self.lock()
+            .rrd_dump
+            .dump(u64::from(pmxcfs_api_types::now_secs()))
     }
 
     /// GET_RRD_DUMP: the `.rrd` lines plus a trailing NUL.
     pub fn rrd_dump_ipc(&self) -> Vec<u8> {
-        self.lock().rrd_dump.dump_ipc(now_secs())
+        self.lock()
+            .rrd_dump
+            .dump_ipc(u64::from(pmxcfs_api_types::now_secs()))
     }
 
     /// SET_STATUS (status.c `cfs_status_set`): `rrd/<key>` to the RRD
@@ -198,7 +195,7 @@ impl Status {
         };
         self.lock()
             .rrd_dump
-            .set(rrd_key, data, now_secs())
+            .set(rrd_key, data, u64::from(pmxcfs_api_types::now_secs()))
             .map_err(|e| e.set_status_errno().unwrap_or(Errno::ENOMEM))?;
         match parse_update(rrd_key, data) {
             Ok(update) => {

@@ -210,10 +210,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     let status = Arc::new(Status::with_rrd(&nodename, Some(rrd)));
     let clog = Arc::new(std::sync::Mutex::new(pmxcfs_logger::ClusterLog::new()));
     {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(0);
+        let now = pmxcfs_api_types::now_secs();
         let mut log = clog.lock().unwrap_or_else(|p| p.into_inner());
         let _ = log.add(
             &nodename,

@@ -63,13 +63,6 @@ fn ts(secs: u32) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::from(secs))
 }
 
-fn now_secs() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
-}
-
 /// Legacy OpenVZ action scripts get the owner's execute bit
 /// (cfs-plug-memdb.c `name_is_openvz_script`).
 fn name_is_openvz_script(name: &str) -> bool {
@@ -396,7 +389,7 @@ impl Filesystem for CfsFs {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs() as u32)
                     .unwrap_or(0),
-                Some(TimeOrNow::Now) => now_secs(),
+                Some(TimeOrNow::Now) => pmxcfs_api_types::now_secs(),
                 None => match self.ctx.memdb.getattr_inode(i) {
                     Some(a) => a.mtime,
                     None => return reply.error(libc::ENOENT),

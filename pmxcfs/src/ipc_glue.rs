@@ -23,13 +23,6 @@ impl StatusBridge {
     }
 }
 
-fn now_secs() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
-}
-
 impl StatusOps for StatusBridge {
     fn fs_version(&self) -> Vec<u8> {
         self.status.version_file(&self.memdb)
@@ -65,7 +58,7 @@ impl StatusOps for StatusBridge {
             m.tag,
             m.pid,
             m.priority,
-            now_secs(),
+            pmxcfs_api_types::now_secs(),
             m.msg,
         );
         Ok(())
