@@ -25,9 +25,17 @@ const SQL_CREATE: &str = "CREATE TABLE IF NOT EXISTS tree (\
   data BLOB);";
 
 const SQL_LOAD: &str = "SELECT inode, parent, version, writer, mtime, type, name, data FROM tree;";
-const SQL_REPLACE: &str =
-    "REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8);";
+/// Write a row: insert, or update in place when the inode exists. The
+/// result is the C daemon's `REPLACE INTO`, but an update whose row keeps
+/// its size is written by SQLite over the old cell and overflow pages
+/// instead of freeing and reallocating them: an in-place overwrite of a
+/// file touches half the pages.
+const SQL_WRITE: &str =
+    "INSERT INTO tree (inode, parent, version, writer, mtime, type, name, data) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+     ON CONFLICT(inode) DO UPDATE SET parent = excluded.parent, version = excluded.version, \
+     writer = excluded.writer, mtime = excluded.mtime, type = excluded.type, \
+     name = excluded.name, data = excluded.data;";
 const SQL_DELETE: &str = "DELETE FROM tree WHERE inode = ?1;";
 
 /// The root fields stored in the `__version__` row.
@@ -338,8 +346,8 @@ impl Backend {
                 .map_err(|e| self.err("delete inode", e))?;
         }
         let mut replace = tx
-            .prepare_cached(SQL_REPLACE)
-            .map_err(|e| self.err("prepare replace", e))?;
+            .prepare_cached(SQL_WRITE)
+            .map_err(|e| self.err("prepare write", e))?;
         if let Some(e) = w.entry {
             let data: Option<&[u8]> = if e.data.is_empty() {
                 None
