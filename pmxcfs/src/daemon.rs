@@ -404,6 +404,7 @@ async fn serve(s: Serve<'_>) -> Result<()> {
         .name("fuse".into())
         .spawn(move || {
             let r = session.run();
+            drop(session);
             let _ = done_tx.send(true);
             r
         })
@@ -437,6 +438,13 @@ async fn serve(s: Serve<'_>) -> Result<()> {
     tracing::info!("teardown filesystem");
     server.stop().await;
     stop_fuse(&mut unmounter, mount, conn, &mut done_rx).await;
+    // The thread ends right after it reported the end of the session.
+    for _ in 0..50 {
+        if fuse.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if !fuse.is_finished() {
         // Still held open by a process inside the detached mount (and no
         // fusectl to abort it): leave the thread; process exit closes
