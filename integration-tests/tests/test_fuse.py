@@ -626,6 +626,27 @@ def test_rmdir_dir_named_vmid_conf_keeps_vm(t):
     check(e is not None and (e["node"], e["type"]) == ("testnode", "qemu"), f"VM 100 after rmdir of a dir named 100.conf: {e}")
 
 
+def test_open_file_survives_unlink_and_replace(t):
+    """An open file stays readable and writable through its handle after unlink or rename-over."""
+    d = t.daemon()
+    write(d.path("a"), b"alpha")
+    fd = os.open(d.path("a"), os.O_RDWR)
+    try:
+        write(d.path("b"), b"beta")
+        os.rename(d.path("b"), d.path("a"))
+        eq(read(d.path("a")), b"beta", "new content under the name")
+        eq(os.pread(fd, 100, 0), b"alpha", "old handle after rename-over")
+        eq(os.pwrite(fd, b"ALPHA!", 0), 6, "write through the old handle")
+        eq(os.pread(fd, 100, 0), b"ALPHA!", "old handle sees its write")
+        eq(os.fstat(fd).st_size, 6, "fstat of the replaced file")
+        eq(read(d.path("a")), b"beta", "the name is not affected by the old handle")
+        os.unlink(d.path("a"))
+        eq(os.pread(fd, 100, 0), b"ALPHA!", "old handle after unlink of the new file")
+    finally:
+        os.close(fd)
+    check(not os.path.exists(d.path("a")), "a still exists")
+
+
 def test_unlink_open_file_leaves_no_hidden_entry(t):
     """Section 8 C bug: unlinking an open file must not leave a .fuse_hidden* entry in the tree (or DB)."""
     tmp = t.tmpdir()
@@ -637,6 +658,8 @@ def test_unlink_open_file_leaves_no_hidden_entry(t):
             names = os.listdir(d.mount)
             check(not any(n.startswith(".fuse_hidden") for n in names) and "f" not in names,
                   f"root listing after unlinking an open file: {sorted(names)}")
+            # POSIX: the open file stays readable (C: through .fuse_hidden*)
+            eq(os.pread(fd, 100, 0), b"data", "read through the handle after unlink")
         finally:
             os.close(fd)
         time.sleep(0.2)

@@ -114,6 +114,21 @@ enum Handle {
         ino: u64,
         pending_trunc: bool,
     },
+    /// A file unlinked (or replaced by a rename) while this handle was open:
+    /// its content at that moment, still readable and writable through the
+    /// handle, as POSIX wants (the C daemon gets this from libfuse's
+    /// `.fuse_hidden*` files, which show in the tree).
+    Orphan {
+        attr: FileAttr,
+        data: Vec<u8>,
+    },
+}
+
+/// Plain reads of a byte snapshot.
+fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = offset.min(data.len() as u64) as usize;
+    let end = start.saturating_add(size as usize).min(data.len());
+    &data[start..end]
 }
 
 pub struct CfsFs {
@@ -265,6 +280,50 @@ impl CfsFs {
             .any(|h| matches!(h, Handle::Db { ino: i, pending_trunc: true } if *i == ino))
     }
 
+    /// Before removing or replacing the file at `path`: if handles are open
+    /// on it, its FUSE inode, attributes and content (for [`Handle::Orphan`]).
+    fn open_file_snapshot(&self, path: &str) -> Option<(u64, FileAttr, Vec<u8>)> {
+        let a = self
+            .ctx
+            .memdb
+            .getattr(path)
+            .filter(|a| a.kind == FileKind::File)?;
+        let ino = ino_of(Node::Db(a.inode));
+        let open = self
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle::Db { ino: i, .. } if *i == ino));
+        if !open {
+            return None;
+        }
+        let data = self
+            .ctx
+            .memdb
+            .read_inode(a.inode, 0, MAX_FILE_SIZE as usize)
+            .ok()?;
+        Some((ino, self.db_attr(&a), data))
+    }
+
+    /// The file is gone from the tree: its open handles keep the snapshot.
+    fn orphan_handles(&mut self, (ino, attr, data): (u64, FileAttr, Vec<u8>)) {
+        for h in self.handles.values_mut() {
+            if let Handle::Db {
+                ino: i,
+                pending_trunc,
+            } = h
+            {
+                if *i == ino {
+                    let data = if *pending_trunc {
+                        Vec::new()
+                    } else {
+                        data.clone()
+                    };
+                    *h = Handle::Orphan { attr, data };
+                }
+            }
+        }
+    }
+
     fn take_pending_trunc(&mut self, fh: u64) -> bool {
         match self.handles.get_mut(&fh) {
             Some(Handle::Db { pending_trunc, .. }) => std::mem::take(pending_trunc),
@@ -304,7 +363,28 @@ impl Filesystem for CfsFs {
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
+        // An unlinked file still open: fstat comes without the handle, so
+        // look for any orphan handle of this inode.
+        let orphan = fh
+            .and_then(|fh| self.handles.get(&fh))
+            .filter(|h| matches!(h, Handle::Orphan { .. }))
+            .or_else(|| {
+                self.handles
+                    .values()
+                    .find(|h| matches!(h, Handle::Orphan { attr, .. } if attr.ino == ino))
+            })
+            .filter(|_| self.attr_of(ino).is_err());
+        if let Some(Handle::Orphan { attr, data }) = orphan {
+            let size = data.len() as u64;
+            let attr = FileAttr {
+                size,
+                blocks: size.div_ceil(BLOCK_SIZE),
+                nlink: 0,
+                ..*attr
+            };
+            return reply.attr(&TTL, &attr);
+        }
         match self.attr_of(ino) {
             Ok(mut a) => {
                 if self.truncate_pending(ino) {
@@ -456,11 +536,16 @@ impl Filesystem for CfsFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .mutate_path(parent, name)
-            .and_then(|path| self.submit(Operation::Delete { path }))
-        {
-            Ok(_) => reply.ok(),
+        let res = self.mutate_path(parent, name).and_then(|path| {
+            let snapshot = self.open_file_snapshot(&path);
+            self.submit(Operation::Delete { path })?;
+            if let Some(snap) = snapshot {
+                self.orphan_handles(snap);
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e.0),
         }
     }
@@ -495,7 +580,12 @@ impl Filesystem for CfsFs {
         }
         let res = self.mutate_path(parent, name).and_then(|from| {
             let to = self.mutate_path(newparent, newname)?;
-            self.submit(Operation::Rename { from, to })
+            let replaced = self.open_file_snapshot(&to);
+            self.submit(Operation::Rename { from, to })?;
+            if let Some(snap) = replaced {
+                self.orphan_handles(snap);
+            }
+            Ok(())
         });
         match res {
             Ok(_) => reply.ok(),
@@ -564,10 +654,9 @@ impl Filesystem for CfsFs {
         let pending = self.truncate_pending(ino);
         match (node_of(ino), self.handles.get(&fh)) {
             (Some(Node::Plugin(_)), Some(Handle::Plugin(data))) => {
-                let start = offset.min(data.len() as u64) as usize;
-                let end = start.saturating_add(size as usize).min(data.len());
-                reply.data(&data[start..end])
+                reply.data(slice_at(data, offset, size))
             }
+            (_, Some(Handle::Orphan { data, .. })) => reply.data(slice_at(data, offset, size)),
             (Some(Node::Db(_)), _) if pending => reply.data(&[]),
             (Some(Node::Db(i)), _) => match self.ctx.memdb.read_inode(i, offset, size as usize) {
                 Ok(d) => reply.data(&d),
@@ -589,6 +678,26 @@ impl Filesystem for CfsFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        if let Some(Handle::Orphan { data: content, .. }) = self.handles.get_mut(&fh) {
+            // Nobody else can see this file any more: change the snapshot.
+            let res = u64::try_from(offset)
+                .map_err(|_| Errno::EINVAL)
+                .and_then(|offset| match accepted_len(offset, data.len()) {
+                    0 if !data.is_empty() => Err(Errno::EFBIG),
+                    n => {
+                        let start = offset as usize;
+                        if content.len() < start + n {
+                            content.resize(start + n, 0);
+                        }
+                        content[start..start + n].copy_from_slice(&data[..n]);
+                        Ok(n as u32)
+                    }
+                });
+            return match res {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.0),
+            };
+        }
         let res = match node_of(ino) {
             Some(Node::Plugin(p)) => self.ctx.write(p, offset, data),
             Some(Node::Db(_)) => self.path_of_ino(ino).and_then(|path| {
