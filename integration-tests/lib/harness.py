@@ -607,6 +607,9 @@ class Daemon:
                 "--node-ip", self.node_ip,
                 "--ipc-name", self.ipc_name,
             ]
+            if "--rrdcached-socket" not in self.extra_args:
+                # never the host's rrdcached: a socket path nobody serves
+                a += ["--rrdcached-socket", os.path.join(os.path.dirname(self.rrd_dir), "no-rrdcached.sock")]
         return a + self.extra_args
 
     def spawn(self, argv=None):
