@@ -317,6 +317,19 @@ def calls(service, reqs, *, creds=None, what="", bufsize=None):
     return [check_reply(l, op, f"{what} op {op}".strip()) for l, (op, _) in zip(lines, reqs)]
 
 
+def expect_replies(service, op, cases, *, what=""):
+    """Send every (payload, errno, data) case as one `op` request over one
+    connection and require exactly that error and reply data for each."""
+    res = calls(service, [(op, p) for p, _, _ in cases], what=what)
+    bad = [
+        f"{p!r}: got ({errstr(e)}, {data[:40]!r}), expected ({errstr(we)}, {wd[:40]!r})"
+        for (p, we, wd), (e, data) in zip(cases, res)
+        if (e, data) != (we, wd)
+    ]
+    if bad:
+        raise TestFailure("; ".join(bad))
+
+
 def call(service, op, payload=b"", *, creds=None, what=None):
     """One request over a fresh connection; returns (error, data)."""
     return calls(service, [(op, payload)], creds=creds, what=what or f"op {op}")[0]

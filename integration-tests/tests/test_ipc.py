@@ -213,13 +213,7 @@ def test_get_config(t):
         (cstr("empty.cfg"), OK, b""),
         (b"", EINVAL, b""),
     ]
-    res = qb.calls(svc, [(qb.OP_GET_CONFIG, p) for p, _, _ in cases], what="GET_CONFIG")
-    bad = [
-        f"{p!r}: got ({qb.errstr(e)}, {data[:40]!r}), expected ({qb.errstr(we)}, {wd[:40]!r})"
-        for (p, we, wd), (e, data) in zip(cases, res)
-        if (e, data) != (we, wd)
-    ]
-    check(not bad, "; ".join(bad))
+    qb.expect_replies(svc, qb.OP_GET_CONFIG, cases, what="GET_CONFIG")
 
 
 def test_get_config_reply_size_limit(t):
@@ -358,13 +352,7 @@ def test_guest_config_property_op11(t):
         (vmid_prop(100, b""), EINVAL, b""),
         (vmid_prop(0, b""), EINVAL, b""),
     ]
-    res = qb.calls(svc, [(P, p) for p, _, _ in cases], what="op 11")
-    bad = [
-        f"{p!r}: ({qb.errstr(e)}, {data!r}) expected ({qb.errstr(we)}, {wd!r})"
-        for (p, we, wd), (e, data) in zip(cases, res)
-        if (e, data) != (we, wd)
-    ]
-    check(not bad, "; ".join(bad))
+    qb.expect_replies(svc, P, cases, what="op 11")
     _check_all(
         qb.ok(svc, P, vmid_prop(0, b"memory\0"), what="op 11 vmid 0 memory"),
         ['"100":{"memory": "4096"}', '"101":{"memory": "512"}', '"102":{"memory": "1024"}', '"105":{"memory": "2"}'],
@@ -410,13 +398,7 @@ def test_guest_config_properties_op13(t):
         (vmid_props(999, 1, b"memory\0"), ENOENT, b""),
         (vmid_props(999, 0, b""), ENOENT, b""),  # the VMID is checked first
     ]
-    res = qb.calls(svc, [(P, p) for p, _, _ in cases], what="op 13")
-    bad = [
-        f"{p!r}: ({qb.errstr(e)}, {data!r}) expected ({qb.errstr(we)}, {wd!r})"
-        for (p, we, wd), (e, data) in zip(cases, res)
-        if (e, data) != (we, wd)
-    ]
-    check(not bad, "; ".join(bad))
+    qb.expect_replies(svc, P, cases, what="op 13")
     _check_all(
         qb.ok(svc, P, vmid_props(0, 2, b"memory\0hostname\0")),
         [
