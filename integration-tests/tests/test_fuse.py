@@ -645,6 +645,14 @@ def test_open_file_survives_unlink_and_replace(t):
     finally:
         os.close(fd)
     check(not os.path.exists(d.path("a")), "a still exists")
+    # the same for the handle that created the file
+    fd = os.open(d.path("c"), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640)
+    try:
+        eq(os.write(fd, b"gamma"), 5, "write through the creating handle")
+        os.unlink(d.path("c"))
+        eq(os.pread(fd, 100, 0), b"gamma", "creating handle after unlink")
+    finally:
+        os.close(fd)
 
 
 def test_unlink_open_file_leaves_no_hidden_entry(t):

@@ -272,6 +272,26 @@ impl CfsFs {
         }
     }
 
+    /// mknod/mkdir/create: submit the operation for `name` in `parent` and
+    /// return the new entry.
+    fn make_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        op: impl FnOnce(String) -> Operation,
+    ) -> Result<EntryAttr, Errno> {
+        let path = self.mutate_path(parent, name)?;
+        self.submit(op(path.clone()))?;
+        self.ctx.memdb.getattr(&path).ok_or(Errno::ENOENT)
+    }
+
+    fn new_handle(&mut self, h: Handle) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, h);
+        fh
+    }
+
     /// Is `ino` opened with O_TRUNC and not yet written? Then it is
     /// already empty for every reader on this node.
     fn truncate_pending(&self, ino: u64) -> bool {
@@ -508,11 +528,8 @@ impl Filesystem for CfsFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(libc::ENOSYS);
         }
-        match self.mutate_path(parent, name).and_then(|p| {
-            self.submit(Operation::Create { path: p.clone() })
-                .map(|_| p)
-        }) {
-            Ok(p) => self.entry_reply(&p, reply),
+        match self.make_entry(parent, name, |path| Operation::Create { path }) {
+            Ok(a) => reply.entry(&TTL, &self.db_attr(&a), 0),
             Err(e) => reply.error(e.0),
         }
     }
@@ -526,11 +543,8 @@ impl Filesystem for CfsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self
-            .mutate_path(parent, name)
-            .and_then(|p| self.submit(Operation::Mkdir { path: p.clone() }).map(|_| p))
-        {
-            Ok(p) => self.entry_reply(&p, reply),
+        match self.make_entry(parent, name, |path| Operation::Mkdir { path }) {
+            Ok(a) => reply.entry(&TTL, &self.db_attr(&a), 0),
             Err(e) => reply.error(e.0),
         }
     }
@@ -633,10 +647,7 @@ impl Filesystem for CfsFs {
             },
             None => return reply.error(libc::ENOENT),
         };
-        let fh = self.next_fh;
-        self.next_fh += 1;
-        self.handles.insert(fh, handle);
-        reply.opened(fh, FOPEN_DIRECT_IO)
+        reply.opened(self.new_handle(handle), FOPEN_DIRECT_IO)
     }
 
     fn read(
@@ -839,13 +850,16 @@ impl Filesystem for CfsFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let res = self.mutate_path(parent, name).and_then(|p| {
-            self.submit(Operation::Create { path: p.clone() })
-                .map(|_| p)
-        });
-        match res.map(|p| self.ctx.memdb.getattr(&p)) {
-            Ok(Some(a)) => reply.created(&TTL, &self.db_attr(&a), 0, 0, FOPEN_DIRECT_IO),
-            Ok(None) => reply.error(libc::ENOENT),
+        match self.make_entry(parent, name, |path| Operation::Create { path }) {
+            Ok(a) => {
+                let attr = self.db_attr(&a);
+                // a real handle, so that it keeps the file if it is unlinked
+                let fh = self.new_handle(Handle::Db {
+                    ino: attr.ino,
+                    pending_trunc: false,
+                });
+                reply.created(&TTL, &attr, 0, fh, FOPEN_DIRECT_IO)
+            }
             Err(e) => reply.error(e.0),
         }
     }
