@@ -117,6 +117,27 @@ def test_item15_second_instance_fails_after_10s(t):
     eq(read(a.pid_file).decode(), f"{a.pid}\n", "first instance pid file")
 
 
+@timeout(90)
+def test_second_instance_other_lock_file_same_db_refused(t):
+    """Two instances on one database must not run, even when their --lock-file differs: the second exits 255, the first keeps serving its unchanged database."""
+    tmp = t.tmpdir()
+    a = t.daemon(tmp)
+    write(a.path("storage.cfg"), b"first\n")
+    other = t.tmpdir()
+    b = Daemon(other, db=a.db, lock_file=other.join("another.lockfile"), check_stop=False)
+    pw = b.spawn()
+    rc = pw.wait(40)
+    if rc is None:
+        b.proc = pw
+        b.kill()
+        raise TestFailure("second instance on the same database still running after 40 s")
+    check(not mounted(b.mount), "second instance mounted its mount point")
+    eq(rc, 255, f"second instance exit code (stderr: {b.stderr_tail()})")
+    check("lock" in b.stderr_text(), f"second instance's message names the lock: {b.stderr_tail()}")
+    write(a.path("storage.cfg"), b"still first\n")
+    eq(read(a.path("storage.cfg")), b"still first\n", "first instance still writes")
+
+
 def test_item15_db_survives_restart(t):
     """item 15: the DB survives restart unchanged: data written before reads back after, rows identical."""
     tmp = t.tmpdir()

@@ -68,6 +68,15 @@ fn acquire_lock(path: &Path) -> Result<Flock<File>> {
     unreachable!("the loop returns on its last iteration")
 }
 
+/// Do both paths name one existing file?
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// Write the pid file atomically (0644).
 fn write_pidfile(path: &Path, pid: Pid) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -200,11 +209,15 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     let _ = std::fs::DirBuilder::new().mode(0o750).create(&cli.run_dir);
     let _ = chown(&cli.run_dir, Some(Uid::from_raw(0)), Some(gid));
 
-    let lock_path = cli
-        .lock_file
-        .clone()
-        .unwrap_or_else(|| db_dir.join(paths::LOCK_FILE_NAME));
-    let _lock = acquire_lock(&lock_path)?;
+    // The database itself is protected by the lock file beside it (the one
+    // the C daemon takes), whatever --lock-file names; a different
+    // --lock-file is taken as well.
+    let db_lock_path = db_dir.join(paths::LOCK_FILE_NAME);
+    let _db_lock = acquire_lock(&db_lock_path)?;
+    let _lock = match &cli.lock_file {
+        Some(p) if !same_file(p, &db_lock_path) => Some(acquire_lock(p)?),
+        _ => None,
+    };
 
     let rrd = pmxcfs_rrd::RrdWriter::new(&cli.rrd_dir, Some(cli.rrdcached_socket.clone()));
     let status = Arc::new(Status::with_rrd(&nodename, Some(rrd)));
