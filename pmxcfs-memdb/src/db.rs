@@ -1,6 +1,7 @@
 //! [`MemDb`]: the tree, its SQLite backend, the lock cache and the VM list
 //! behind one mutex, with [`MemDb::apply`] as the only write path.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -80,6 +81,11 @@ struct Inner {
     errors: bool,
     locks: LockCache,
     vmlist: VmList,
+    /// Truncations answered to open(O_TRUNC) but not yet written, with the
+    /// writer that asked. Applied by the first write of the opening handle
+    /// (one transaction with it), at its close, or before anything else
+    /// observes or changes the file, whichever comes first.
+    deferred_trunc: HashMap<Inode, u32>,
 }
 
 /// The database. Cheap to share behind an `Arc`.
@@ -106,6 +112,7 @@ impl MemDb {
             errors: false,
             locks: LockCache::default(),
             vmlist: VmList::default(),
+            deferred_trunc: HashMap::new(),
         };
         let dups = inner.rebuild_vmlist();
         if !dups.is_empty() {
@@ -150,6 +157,163 @@ impl MemDb {
         if inner.errors {
             return Err(Errno::EIO);
         }
+        // A deferred truncation of a file this operation touches happened
+        // before it (its open was answered first).
+        if !inner.deferred_trunc.is_empty() {
+            self.settle_path(&mut inner, op.path())?;
+            if let Operation::Rename { to, .. } = op {
+                self.settle_path(&mut inner, to)?;
+            }
+        }
+        self.apply_locked(&mut inner, op, writer, mtime)
+    }
+
+    /// open(O_TRUNC) of the file `inode`: the truncation is answered now and
+    /// written later, with the first write of the same handle where that
+    /// write starts at offset 0 (one transaction: see
+    /// [`MemDb::write_after_deferred_truncate`]), else at the handle's close
+    /// ([`MemDb::settle_deferred_truncate`]), and in any case before any
+    /// read, lookup or change of this file is answered. EIO when the
+    /// database has failed (as the truncation itself would).
+    pub fn defer_truncate(&self, inode: Inode, writer: u32) -> Result<(), Errno> {
+        let mut inner = self.lock();
+        if inner.errors {
+            return Err(Errno::EIO);
+        }
+        match inner.tree.get(inode) {
+            None => return Err(Errno::ENOENT),
+            Some(e) if e.is_dir() => return Err(Errno::EISDIR),
+            Some(_) => {}
+        }
+        inner.deferred_trunc.insert(inode, writer);
+        Ok(())
+    }
+
+    /// The first write of a handle opened with O_TRUNC: if its truncation
+    /// is still deferred, the write carries it (one transaction when the
+    /// write starts at offset 0); if something else applied it meanwhile,
+    /// a plain write, so a write another process made since is kept.
+    pub fn write_after_deferred_truncate(
+        &self,
+        op: &Operation,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<usize, Errno> {
+        let mut inner = self.lock();
+        if inner.errors {
+            return Err(Errno::EIO);
+        }
+        let Operation::Write {
+            path,
+            offset,
+            data,
+            truncate,
+        } = op
+        else {
+            drop(inner);
+            return self.apply(op, writer, mtime);
+        };
+        let inode = inner.tree.lookup(normalize(path)).1;
+        let pending = inode.and_then(|i| inner.deferred_trunc.remove(&i).map(|w| (i, w)));
+        let Some((inode, twriter)) = pending else {
+            return self.apply_locked(&mut inner, op, writer, mtime);
+        };
+        let res = if *offset == 0 {
+            let merged = Operation::Write {
+                path: path.clone(),
+                offset: 0,
+                data: data.clone(),
+                truncate: true,
+            };
+            self.apply_locked(&mut inner, &merged, writer, mtime)
+        } else {
+            self.apply_locked(&mut inner, &Self::truncation(path), twriter, mtime)
+                .and_then(|_| {
+                    let rest = Operation::Write {
+                        path: path.clone(),
+                        offset: *offset,
+                        data: data.clone(),
+                        truncate: *truncate,
+                    };
+                    self.apply_locked(&mut inner, &rest, writer, mtime)
+                })
+        };
+        if res.is_err() && inner.tree.get(inode).is_some() {
+            // not written: still owed, and the close reports it
+            inner.deferred_trunc.entry(inode).or_insert(twriter);
+        }
+        res
+    }
+
+    /// Write a deferred truncation of `inode` now, if it is still owed
+    /// (close or fsync of the handle that opened with O_TRUNC).
+    pub fn settle_deferred_truncate(&self, inode: Inode) -> Result<(), Errno> {
+        let mut inner = self.lock();
+        self.settle_inode(&mut inner, inode)
+    }
+
+    fn truncation(path: &str) -> Operation {
+        Operation::Write {
+            path: path.to_string(),
+            offset: 0,
+            data: Vec::new(),
+            truncate: true,
+        }
+    }
+
+    /// Apply the deferred truncation of `inode`, if any.
+    fn settle_inode(&self, inner: &mut Inner, inode: Inode) -> Result<(), Errno> {
+        let Some(&writer) = inner.deferred_trunc.get(&inode) else {
+            return Ok(());
+        };
+        let Some(path) = inner.tree.path_of(inode) else {
+            inner.deferred_trunc.remove(&inode);
+            return Ok(());
+        };
+        match self.apply_locked(inner, &Self::truncation(&path), writer, now_secs()) {
+            Ok(_) => {
+                inner.deferred_trunc.remove(&inode);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("deferred truncation of '{path}' failed: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn settle_path(&self, inner: &mut Inner, path: &str) -> Result<(), Errno> {
+        match inner.tree.lookup(normalize(path)).1 {
+            Some(i) => self.settle_inode(inner, i),
+            None => Ok(()),
+        }
+    }
+
+    /// Before a read of `inode` is answered: its deferred truncation, if
+    /// any, is written (a reader never sees a file older than an answered
+    /// open(O_TRUNC)). A failure is logged and the caller of the close
+    /// sees it; the reader gets the content as it stands.
+    fn settle_for_read(&self, inner: &mut Inner, inode: Inode) {
+        if !inner.deferred_trunc.is_empty() {
+            let _ = self.settle_inode(inner, inode);
+        }
+    }
+
+    /// Before a read that sees every file (statfs, index, checksum).
+    fn settle_all(&self, inner: &mut Inner) {
+        let owed: Vec<Inode> = inner.deferred_trunc.keys().copied().collect();
+        for i in owed {
+            let _ = self.settle_inode(inner, i);
+        }
+    }
+
+    fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        op: &Operation,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<usize, Errno> {
         match op {
             Operation::Write {
                 path,
@@ -157,7 +321,7 @@ impl MemDb {
                 data,
                 truncate,
             } => self.pwrite(
-                &mut inner,
+                inner,
                 normalize(path),
                 writer,
                 mtime,
@@ -166,23 +330,16 @@ impl MemDb {
                 *truncate,
                 false,
             ),
-            Operation::Create { path } => self.pwrite(
-                &mut inner,
-                normalize(path),
-                writer,
-                mtime,
-                &[],
-                0,
-                false,
-                true,
-            ),
-            Operation::Mkdir { path } => self.mkdir(&mut inner, normalize(path), writer, mtime),
-            Operation::Delete { path } => self.delete(&mut inner, normalize(path), writer, mtime),
+            Operation::Create { path } => {
+                self.pwrite(inner, normalize(path), writer, mtime, &[], 0, false, true)
+            }
+            Operation::Mkdir { path } => self.mkdir(inner, normalize(path), writer, mtime),
+            Operation::Delete { path } => self.delete(inner, normalize(path), writer, mtime),
             Operation::Rename { from, to } => {
-                self.rename(&mut inner, normalize(from), normalize(to), writer, mtime)
+                self.rename(inner, normalize(from), normalize(to), writer, mtime)
             }
             Operation::Mtime { path, mtime } => {
-                self.set_mtime(&mut inner, normalize(path), writer, *mtime)
+                self.set_mtime(inner, normalize(path), writer, *mtime)
             }
             // Only the lowest node id acts on a request; that decision needs
             // the membership and is made by the cluster layer.
@@ -193,7 +350,7 @@ impl MemDb {
                     e.is_dir() && path_is_lockdir(path) && index::entry_csum(e) == *csum
                 });
                 if matches {
-                    self.delete(&mut inner, path, writer, mtime)
+                    self.delete(inner, path, writer, mtime)
                 } else {
                     Ok(0)
                 }
@@ -511,19 +668,22 @@ impl MemDb {
     // ---- reads ----
 
     pub fn getattr(&self, path: &str) -> Option<EntryAttr> {
-        self.lock()
-            .tree
-            .lookup_entry(normalize(path))
-            .map(EntryAttr::of)
+        let mut inner = self.lock();
+        let i = inner.tree.lookup(normalize(path)).1?;
+        self.settle_for_read(&mut inner, i);
+        inner.tree.get(i).map(EntryAttr::of)
     }
 
     pub fn getattr_inode(&self, inode: Inode) -> Option<EntryAttr> {
-        self.lock().tree.get(inode).map(EntryAttr::of)
+        let mut inner = self.lock();
+        self.settle_for_read(&mut inner, inode);
+        inner.tree.get(inode).map(EntryAttr::of)
     }
 
     pub fn lookup_child(&self, dir: Inode, name: &str) -> Option<EntryAttr> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let i = inner.tree.child(dir, name)?;
+        self.settle_for_read(&mut inner, i);
         inner.tree.get(i).map(EntryAttr::of)
     }
 
@@ -534,7 +694,8 @@ impl MemDb {
 
     /// Read up to `size` bytes at `offset` of a file.
     pub fn read_inode(&self, inode: Inode, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.settle_for_read(&mut inner, inode);
         let e = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
         if e.is_dir() {
             return Err(Errno::EISDIR);
@@ -546,17 +707,22 @@ impl MemDb {
 
     /// The whole content of a file (`memdb_read`); None if missing or a dir.
     pub fn read(&self, path: &str) -> Option<Vec<u8>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        let i = inner.tree.lookup(normalize(path)).1?;
+        self.settle_for_read(&mut inner, i);
         inner
             .tree
-            .lookup_entry(normalize(path))
+            .get(i)
             .filter(|e| !e.is_dir())
             .map(|e| e.data.clone())
     }
 
     /// The entries of a directory, sorted by name.
     pub fn readdir(&self, dir: Inode) -> Option<Vec<DirEntry>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        if !inner.deferred_trunc.is_empty() {
+            self.settle_all(&mut inner);
+        }
         let d = inner.tree.get(dir).filter(|d| d.is_dir())?;
         Some(
             d.children
@@ -572,7 +738,8 @@ impl MemDb {
     }
 
     pub fn statfs(&self) -> StatFs {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.settle_all(&mut inner);
         let size: u64 = inner.tree.entries.values().map(|e| e.size() as u64).sum();
         let files = inner.tree.entries.len() as u64;
         let blocks = MAX_FS_SIZE.div_ceil(BLOCK_SIZE);
@@ -593,20 +760,24 @@ impl MemDb {
 
     /// `memdb_encode_index`.
     pub fn encode_index(&self) -> Vec<u8> {
-        index::encode_index(&self.lock().tree)
+        let mut inner = self.lock();
+        self.settle_all(&mut inner);
+        index::encode_index(&inner.tree)
     }
 
     /// `memdb_compute_checksum` (the VERIFY checksum).
     pub fn compute_checksum(&self) -> [u8; 32] {
-        index::compute_checksum(&self.lock().tree)
+        let mut inner = self.lock();
+        self.settle_all(&mut inner);
+        index::compute_checksum(&inner.tree)
     }
 
     /// `memdb_tree_entry_csum` of the entry at `path`.
     pub fn entry_csum(&self, path: &str) -> Option<[u8; 32]> {
-        self.lock()
-            .tree
-            .lookup_entry(normalize(path))
-            .map(index::entry_csum)
+        let mut inner = self.lock();
+        let i = inner.tree.lookup(normalize(path)).1?;
+        self.settle_for_read(&mut inner, i);
+        inner.tree.get(i).map(index::entry_csum)
     }
 
     /// Is the lock at `path` (with checksum `csum`) older than 120 s on this

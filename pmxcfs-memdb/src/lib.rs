@@ -24,6 +24,8 @@ mod tree;
 pub mod vmlist;
 
 #[cfg(test)]
+mod deferred_tests;
+#[cfg(test)]
 mod tests;
 
 pub use db::{ChangeObserver, DirEntry, EntryAttr, MemDb, StatFs};

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use pmxcfs_api_types::{now_secs, path_is_lockdir, Errno, Operation};
+use pmxcfs_api_types::{now_secs, path_is_lockdir, Errno, Inode, Operation};
 
 use crate::MemDb;
 
@@ -20,6 +20,32 @@ pub trait Submit: Send + Sync {
 
     /// Whether mutations are currently allowed (quorum).
     fn quorate(&self) -> bool;
+
+    /// open(O_TRUNC) of the file `inode` at `path`. By default the
+    /// truncation is applied at once; a submitter may defer it (see
+    /// [`MemDb::defer_truncate`] for the rules that keep that invisible).
+    fn open_truncate(&self, path: &str, inode: Inode) -> Result<(), Errno> {
+        let _ = inode;
+        self.submit(Operation::Write {
+            path: path.to_string(),
+            offset: 0,
+            data: Vec::new(),
+            truncate: true,
+        })
+        .map(|_| ())
+    }
+
+    /// The first write through a handle opened with O_TRUNC.
+    fn write_after_open_truncate(&self, op: Operation) -> Result<usize, Errno> {
+        self.submit(op)
+    }
+
+    /// The handle opened with O_TRUNC is flushed (close, fsync): a deferred
+    /// truncation still owed is applied now.
+    fn settle_open_truncate(&self, inode: Inode) -> Result<(), Errno> {
+        let _ = inode;
+        Ok(())
+    }
 }
 
 /// Local mode: always quorate, writer 0, applied immediately.
@@ -61,5 +87,19 @@ impl Submit for LocalSubmitter {
 
     fn quorate(&self) -> bool {
         true
+    }
+
+    // Local mode defers open(O_TRUNC) so that the usual overwrite (open with
+    // O_TRUNC, one write, close) is one transaction.
+    fn open_truncate(&self, _path: &str, inode: Inode) -> Result<(), Errno> {
+        self.memdb.defer_truncate(inode, 0)
+    }
+
+    fn write_after_open_truncate(&self, op: Operation) -> Result<usize, Errno> {
+        self.memdb.write_after_deferred_truncate(&op, 0, now_secs())
+    }
+
+    fn settle_open_truncate(&self, inode: Inode) -> Result<(), Errno> {
+        self.memdb.settle_deferred_truncate(inode)
     }
 }

@@ -106,22 +106,32 @@ fn accepted_len(offset: u64, len: usize) -> usize {
 /// snapshot taken at open.
 enum Handle {
     Plugin(Vec<u8>),
-    /// `pending_trunc`: opened with O_TRUNC and not written yet. The
-    /// truncation is sent together with the first write at offset 0 (one
-    /// WRITE with the truncate flag, one transaction), or on its own at
-    /// the first other write or at release.
+    /// A database file or directory. `trunc_owed`: opened with O_TRUNC and
+    /// neither written nor flushed through this handle yet; its first write
+    /// goes through [`Submit::write_after_open_truncate`] so that the
+    /// truncation and the write can be one transaction.
     Db {
         ino: u64,
-        pending_trunc: bool,
+        trunc_owed: bool,
     },
-    /// A file unlinked (or replaced by a rename) while this handle was open:
-    /// its content at that moment, still readable and writable through the
-    /// handle, as POSIX wants (the C daemon gets this from libfuse's
-    /// `.fuse_hidden*` files, which show in the tree).
-    Orphan {
-        attr: FileAttr,
-        data: Vec<u8>,
-    },
+}
+
+/// The open handles of one database file, by FUSE inode.
+#[derive(Default)]
+struct OpenFile {
+    handles: usize,
+    /// Set when the file is unlinked or replaced by a rename while open.
+    orphan: Option<Orphan>,
+}
+
+/// A file unlinked (or replaced by a rename) while handles were open on
+/// it: its content at that moment, one copy shared by all of its handles,
+/// still readable and writable through them, as POSIX wants (the C daemon
+/// gets this from libfuse's `.fuse_hidden*` files, which show in the tree).
+/// Inode numbers are never reused, so the FUSE inode keeps naming it.
+struct Orphan {
+    attr: FileAttr,
+    data: Vec<u8>,
 }
 
 /// Plain reads of a byte snapshot.
@@ -136,6 +146,7 @@ pub struct CfsFs {
     ctx: PluginCtx,
     gid: u32,
     handles: HashMap<u64, Handle>,
+    open: HashMap<u64, OpenFile>,
     next_fh: u64,
 }
 
@@ -146,6 +157,7 @@ impl CfsFs {
             ctx,
             gid,
             handles: HashMap::new(),
+            open: HashMap::new(),
             next_fh: 1,
         }
     }
@@ -288,32 +300,41 @@ impl CfsFs {
     fn new_handle(&mut self, h: Handle) -> u64 {
         let fh = self.next_fh;
         self.next_fh += 1;
+        if let Handle::Db { ino, .. } = h {
+            self.open.entry(ino).or_default().handles += 1;
+        }
         self.handles.insert(fh, h);
         fh
     }
 
-    /// Is `ino` opened with O_TRUNC and not yet written? Then it is
-    /// already empty for every reader on this node.
-    fn truncate_pending(&self, ino: u64) -> bool {
-        self.handles
-            .values()
-            .any(|h| matches!(h, Handle::Db { ino: i, pending_trunc: true } if *i == ino))
+    fn drop_handle(&mut self, fh: u64) -> Option<Handle> {
+        let h = self.handles.remove(&fh)?;
+        if let Handle::Db { ino, .. } = h {
+            if let Some(f) = self.open.get_mut(&ino) {
+                f.handles -= 1;
+                if f.handles == 0 {
+                    self.open.remove(&ino);
+                }
+            }
+        }
+        Some(h)
+    }
+
+    fn orphan(&self, ino: u64) -> Option<&Orphan> {
+        self.open.get(&ino).and_then(|f| f.orphan.as_ref())
     }
 
     /// Before removing or replacing the file at `path`: if handles are open
-    /// on it, its FUSE inode, attributes and content (for [`Handle::Orphan`]).
-    fn open_file_snapshot(&self, path: &str) -> Option<(u64, FileAttr, Vec<u8>)> {
+    /// on it, its FUSE inode and an [`Orphan`] of it. One copy, whatever
+    /// the number of handles.
+    fn open_file_snapshot(&self, path: &str) -> Option<(u64, Orphan)> {
         let a = self
             .ctx
             .memdb
             .getattr(path)
             .filter(|a| a.kind == FileKind::File)?;
         let ino = ino_of(Node::Db(a.inode));
-        let open = self
-            .handles
-            .values()
-            .any(|h| matches!(h, Handle::Db { ino: i, .. } if *i == ino));
-        if !open {
+        if !self.open.contains_key(&ino) {
             return None;
         }
         let data = self
@@ -321,33 +342,33 @@ impl CfsFs {
             .memdb
             .read_inode(a.inode, 0, MAX_FILE_SIZE as usize)
             .ok()?;
-        Some((ino, self.db_attr(&a), data))
+        let attr = self.db_attr(&a);
+        Some((ino, Orphan { attr, data }))
     }
 
     /// The file is gone from the tree: its open handles keep the snapshot.
-    fn orphan_handles(&mut self, (ino, attr, data): (u64, FileAttr, Vec<u8>)) {
-        for h in self.handles.values_mut() {
-            if let Handle::Db {
-                ino: i,
-                pending_trunc,
-            } = h
-            {
-                if *i == ino {
-                    let data = if *pending_trunc {
-                        Vec::new()
-                    } else {
-                        data.clone()
-                    };
-                    *h = Handle::Orphan { attr, data };
-                }
-            }
+    fn orphan_handles(&mut self, (ino, orphan): (u64, Orphan)) {
+        if let Some(f) = self.open.get_mut(&ino) {
+            f.orphan = Some(orphan);
         }
     }
 
-    fn take_pending_trunc(&mut self, fh: u64) -> bool {
+    /// A truncation still owed by handle `fh` (opened with O_TRUNC) is
+    /// applied now: close(2) and fsync(2) return only after it.
+    fn settle_trunc(&mut self, fh: u64) -> Result<(), Errno> {
         match self.handles.get_mut(&fh) {
-            Some(Handle::Db { pending_trunc, .. }) => std::mem::take(pending_trunc),
-            _ => false,
+            Some(Handle::Db { ino, trunc_owed }) if *trunc_owed => {
+                *trunc_owed = false;
+                let ino = *ino;
+                if self.orphan(ino).is_some() {
+                    return Ok(());
+                }
+                match node_of(ino) {
+                    Some(Node::Db(i)) => self.submit.settle_open_truncate(i),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 
@@ -383,34 +404,21 @@ impl Filesystem for CfsFs {
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
-        // An unlinked file still open: fstat comes without the handle, so
-        // look for any orphan handle of this inode.
-        let orphan = fh
-            .and_then(|fh| self.handles.get(&fh))
-            .filter(|h| matches!(h, Handle::Orphan { .. }))
-            .or_else(|| {
-                self.handles
-                    .values()
-                    .find(|h| matches!(h, Handle::Orphan { attr, .. } if attr.ino == ino))
-            })
-            .filter(|_| self.attr_of(ino).is_err());
-        if let Some(Handle::Orphan { attr, data }) = orphan {
-            let size = data.len() as u64;
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        // An unlinked file still open (fstat comes with or without the
+        // handle): the shared snapshot.
+        if let Some(o) = self.orphan(ino) {
+            let size = o.data.len() as u64;
             let attr = FileAttr {
                 size,
                 blocks: size.div_ceil(BLOCK_SIZE),
                 nlink: 0,
-                ..*attr
+                ..o.attr
             };
             return reply.attr(&TTL, &attr);
         }
         match self.attr_of(ino) {
-            Ok(mut a) => {
-                if self.truncate_pending(ino) {
-                    a.size = 0;
-                    a.blocks = 0;
-                }
+            Ok(a) => {
                 let ttl = if ino >= PLUGIN_INO_BASE {
                     Duration::ZERO
                 } else {
@@ -444,6 +452,25 @@ impl Filesystem for CfsFs {
             Some(n) => n,
             None => return reply.error(libc::ENOENT),
         };
+        // ftruncate of an unlinked file still open: its snapshot
+        if let Some(f) = self.open.get_mut(&ino) {
+            if let Some(o) = f.orphan.as_mut() {
+                if let Some(size) = size {
+                    if size > MAX_FILE_SIZE {
+                        return reply.error(libc::EFBIG);
+                    }
+                    o.data.resize(size as usize, 0);
+                }
+                let size = o.data.len() as u64;
+                let attr = FileAttr {
+                    size,
+                    blocks: size.div_ceil(BLOCK_SIZE),
+                    nlink: 0,
+                    ..o.attr
+                };
+                return reply.attr(&TTL, &attr);
+            }
+        }
         let path = match node {
             Node::Db(i) => self.ctx.memdb.path_of(i),
             Node::Plugin(p) => Some(p.name().to_string()),
@@ -634,14 +661,20 @@ impl Filesystem for CfsFs {
                     if !self.submit.quorate() {
                         return reply.error(libc::EACCES);
                     }
+                    let res = self
+                        .path_of_ino(ino)
+                        .and_then(|path| self.submit.open_truncate(&path, i));
+                    if let Err(e) = res {
+                        return reply.error(e.0);
+                    }
                     Handle::Db {
                         ino,
-                        pending_trunc: true,
+                        trunc_owed: true,
                     }
                 }
                 Some(_) => Handle::Db {
                     ino,
-                    pending_trunc: false,
+                    trunc_owed: false,
                 },
                 None => return reply.error(libc::ENOENT),
             },
@@ -662,13 +695,13 @@ impl Filesystem for CfsFs {
         reply: ReplyData,
     ) {
         let offset = u64::try_from(offset).unwrap_or(0);
-        let pending = self.truncate_pending(ino);
+        if let Some(o) = self.orphan(ino) {
+            return reply.data(slice_at(&o.data, offset, size));
+        }
         match (node_of(ino), self.handles.get(&fh)) {
             (Some(Node::Plugin(_)), Some(Handle::Plugin(data))) => {
                 reply.data(slice_at(data, offset, size))
             }
-            (_, Some(Handle::Orphan { data, .. })) => reply.data(slice_at(data, offset, size)),
-            (Some(Node::Db(_)), _) if pending => reply.data(&[]),
             (Some(Node::Db(i)), _) => match self.ctx.memdb.read_inode(i, offset, size as usize) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(e.0),
@@ -689,8 +722,11 @@ impl Filesystem for CfsFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
-        if let Some(Handle::Orphan { data: content, .. }) = self.handles.get_mut(&fh) {
-            // Nobody else can see this file any more: change the snapshot.
+        if let Some(Orphan { data: content, .. }) =
+            self.open.get_mut(&ino).and_then(|f| f.orphan.as_mut())
+        {
+            // Only its handles can see this file any more: change the
+            // snapshot they share.
             let res = u64::try_from(offset)
                 .map_err(|_| Errno::EINVAL)
                 .and_then(|offset| match accepted_len(offset, data.len()) {
@@ -717,25 +753,19 @@ impl Filesystem for CfsFs {
                     0 if !data.is_empty() => return Err(Errno::EFBIG),
                     n => &data[..n],
                 };
-                let mut truncate = false;
-                if self.take_pending_trunc(fh) {
-                    if offset == 0 {
-                        truncate = true;
-                    } else {
-                        self.submit(Operation::Write {
-                            path: path.clone(),
-                            offset: 0,
-                            data: Vec::new(),
-                            truncate: true,
-                        })?;
-                    }
-                }
-                self.submit(Operation::Write {
+                let op = Operation::Write {
                     path,
                     offset,
                     data: data.to_vec(),
-                    truncate,
-                })
+                    truncate: false,
+                };
+                match self.handles.get_mut(&fh) {
+                    Some(Handle::Db { trunc_owed, .. }) if *trunc_owed => {
+                        *trunc_owed = false;
+                        self.submit.write_after_open_truncate(op)
+                    }
+                    _ => self.submit(op),
+                }
                 .map(|n| n as u32)
             }),
             None => Err(Errno::ENOENT),
@@ -746,34 +776,52 @@ impl Filesystem for CfsFs {
         }
     }
 
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        match self.settle_trunc(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.0),
+        }
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every answered change is committed already; only a truncation
+        // still owed by this handle is left to write.
+        match self.settle_trunc(fh) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.0),
+        }
+    }
+
     fn release(
         &mut self,
         _req: &Request<'_>,
-        ino: u64,
+        _ino: u64,
         fh: u64,
         _flags: i32,
         _lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(Handle::Db {
-            pending_trunc: true,
-            ..
-        }) = self.handles.remove(&fh)
-        {
-            // opened with O_TRUNC, never written: truncate now
-            let res = self.path_of_ino(ino).and_then(|path| {
-                self.submit(Operation::Write {
-                    path,
-                    offset: 0,
-                    data: Vec::new(),
-                    truncate: true,
-                })
-            });
-            if let Err(e) = res {
-                tracing::warn!("truncate at release failed: {e}");
-            }
+        // Normally flushed already; a handle released without a flush
+        // (the kernel's own) still owes its truncation.
+        if let Err(e) = self.settle_trunc(fh) {
+            tracing::warn!("truncate at release failed: {e}");
         }
+        self.drop_handle(fh);
         reply.ok()
     }
 
@@ -856,7 +904,7 @@ impl Filesystem for CfsFs {
                 // a real handle, so that it keeps the file if it is unlinked
                 let fh = self.new_handle(Handle::Db {
                     ino: attr.ino,
-                    pending_trunc: false,
+                    trunc_owed: false,
                 });
                 reply.created(&TTL, &attr, 0, fh, FOPEN_DIRECT_IO)
             }
