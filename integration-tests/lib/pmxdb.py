@@ -1,7 +1,10 @@
 """config.db helpers: the C schema, building (corrupt) DBs, and a Python
 re-implementation of the checks of the C loader (database.c
 `bdb_backend_load_index`), so a DB written by our daemon can be judged by the
-rules the C daemon applies when it loads it."""
+rules the C daemon applies when it loads it, plus the further checks of our
+loader (pmxcfs-memdb backend.rs): a `__version__` row whose version is not
+below any inode or version of the tree, inodes in 1..MAX_INODE, and names
+that a path can reach (not `.` or `..`, no `/`, no NUL)."""
 
 import os
 import re
@@ -13,8 +16,12 @@ import time
 DT_DIR = 4
 DT_REG = 8
 VERSIONFILENAME = "__version__"
+# The largest inode: FUSE shows inode i as i + 1, and 2^62 and up are the
+# plugin entries of the root (pmxcfs/src/fs.rs PLUGIN_INO_BASE).
+MAX_INODE = (1 << 62) - 2
 
-# COMPAT.md section 4 / database.c sql_create_db
+# COMPAT.md section 4 / database.c sql_create_db, byte for byte; sqlite_master
+# keeps it as SCHEMA_SQL (without IF NOT EXISTS and the ";")
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS tree ("
     "  inode INTEGER PRIMARY KEY NOT NULL,"
@@ -26,6 +33,7 @@ SCHEMA = (
     "  name TEXT NOT NULL,"
     "  data BLOB);"
 )
+SCHEMA_SQL = SCHEMA.replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE").rstrip(";")
 
 
 def _norm_sql(s):
@@ -204,6 +212,14 @@ def c_loader_check(path):
         else:
             raise LoadError(f"inode has unknown type (inode = {inode}, type = {t})")
         sname = nameb.decode(errors="surrogateescape")
+        if inode != 0:
+            # our loader's further checks
+            if not 1 <= inode <= MAX_INODE:
+                raise LoadError(f"inode {inode} is out of range (name = '{sname}')")
+            if sname in (".", ".."):
+                raise LoadError(f"name is '.' or '..' (inode = {inode})")
+            if "/" in sname:
+                raise LoadError(f"name contains '/' (inode = {inode}, name = '{sname}')")
         if inode == 0:
             if sname != VERSIONFILENAME:
                 raise LoadError(f"root inode has unexpected name '{sname}'")
@@ -236,6 +252,8 @@ def c_loader_check(path):
             raise LoadError(f"missing directory inode (inode = {ino})")
     if not have_version_row:
         raise LoadError("no __version__ row (inode 0)")
+    if not 1 <= root_version < MAX_INODE:
+        raise LoadError(f"__version__ version {root_version} is out of range")
     # invariants of memdb.c (every mutation bumps the root version; a new
     # entry's inode is the version at its creation)
     for ino, row in rows.items():

@@ -17,25 +17,22 @@ from lib.harness import (
     check,
     eq,
     expect_errno,
+    mounted,
     read,
     sha256_file,
     write,
 )
 
-FIXTURE_DIR = os.environ.get(
-    "PMXCFS_FIXTURE_DIR",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "..", "shared",
-                 "fixtures", "c-9.1.6-local"),
-)
+# The copy in the repository (integration-tests/fixtures), nothing outside it.
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "c-9.1.6-local")
 ROOT_PLUGINS = {".version", ".members", ".vmlist", ".rrd", ".clusterlog", ".debug", "local", "qemu-server", "lxc", "openvz"}
 
 
 def fixture(name):
-    for base in (FIXTURE_DIR, "/work/shared/fixtures/c-9.1.6-local"):
-        p = os.path.normpath(os.path.join(base, name))
-        if os.path.exists(p):
-            return p
-    raise TestFailure(f"fixture file {name} not found (set PMXCFS_FIXTURE_DIR; looked in {FIXTURE_DIR})")
+    p = os.path.join(FIXTURE_DIR, name)
+    if not os.path.exists(p):
+        raise TestFailure(f"fixture file {p} not found")
+    return p
 
 
 def loader_check(db):
@@ -306,3 +303,81 @@ def test_c_fixture_mutations_continue_versioning(t):
     check("sdn" not in p and "priv/lock/fixture-lock" not in p, "removed dirs still in the DB")
     eq(p["firewall/cluster.fw.bak"].version, 233, "renamed file version")
     check("firewall/cluster.fw" not in p, "rename source still in the DB")
+
+
+def test_schema_text_is_c_text_byte_for_byte(t):
+    """The CREATE TABLE text in sqlite_master is database.c's byte for byte (two spaces after "(" and every comma), as in the C fixture."""
+    tmp = t.tmpdir()
+    with Daemon(tmp) as d:
+        pass
+    with pmxdb.Snapshot(fixture("config.db")) as s:
+        c_sql = s.schema_sql()
+    with pmxdb.Snapshot(d.db) as s:
+        ours = s.schema_sql()
+    eq(c_sql, pmxdb.SCHEMA_SQL, "sqlite_master text of the C fixture")
+    eq(ours, c_sql, "sqlite_master text of a DB we created")
+
+
+# ---------------------------------------------------------------- damaged DBs
+
+
+def _dir(inode, parent, name, version=None):
+    return (inode, parent, inode if version is None else version, 0, 1700000000, pmxdb.DT_DIR, name, None)
+
+
+def _file(inode, parent, name, version=None, data=b"x"):
+    return (inode, parent, inode if version is None else version, 0, 1700000000, pmxdb.DT_REG, name, data)
+
+
+def _refused(t, what, rows, version, keywords):
+    """A daemon on a DB with these rows (and __version__ version, False for
+    none) exits non-zero without mounting, names the row on stderr and
+    leaves the file byte for byte as it was."""
+    tmp = t.tmpdir()
+    d = Daemon(tmp, check_stop=False)
+    pmxdb.make_db(d.db, rows, version=version)
+    sha = sha256_file(d.db)
+    pw = d.spawn()
+    rc = pw.wait(20)
+    if rc is None:
+        d.proc = pw
+        d.kill()
+        raise TestFailure(f"{what}: daemon still running 20 s after start")
+    check(not mounted(d.mount), f"{what}: daemon mounted the DB")
+    check(rc != 0, f"{what}: daemon exited 0")
+    err = d.stderr_text()
+    missing = [k for k in keywords if k not in err]
+    check(not missing, f"{what}: stderr does not name {missing}: {d.stderr_tail(2)}")
+    eq(sha256_file(d.db), sha, f"{what}: DB sha256 after the refused start")
+    for suffix in ("-wal", "-shm"):
+        check(not os.path.exists(d.db + suffix), f"{what}: {suffix} file left beside the DB")
+
+
+def test_damaged_db_without_version_row(t):
+    """A DB with rows but no __version__ row is refused (C would start at version 1 and reuse inode 2 for the next create), file untouched."""
+    rows = [_dir(2, 0, "nodes"), _dir(3, 2, "etc"), _file(4, 0, "storage.cfg")]
+    _refused(t, "no __version__ row", rows, False, ["__version__", "3 other rows"])
+
+
+def test_damaged_db_version_below_tree(t):
+    """A __version__ version lower than an inode or a version of the tree is refused naming that row (the next create would overwrite it), file untouched."""
+    _refused(t, "version below an inode", [_dir(2, 0, "etc"), _dir(7, 2, "seven")], 5,
+             ["__version__ version 5", "'seven'", "0000000000000007"])
+    _refused(t, "version below a version", [_dir(2, 0, "etc"), _file(3, 2, "newer.cfg", version=9)], 5,
+             ["__version__ version 5", "version 9", "'newer.cfg'"])
+    _refused(t, "negative version", [_dir(2, 0, "etc")], -1, ["__version__ version -1"])
+
+
+def test_damaged_db_bad_names(t):
+    """Rows named ".", ".." or with "/" or NUL in the name are refused naming the row, file untouched."""
+    _refused(t, "name .", [_dir(2, 0, ".")], 10, ["'.' or '..'", "name = '.'"])
+    _refused(t, "name ..", [_dir(2, 0, "etc"), _file(3, 2, "..")], 10, ["'.' or '..'", "name = '..'", "0000000000000003"])
+    _refused(t, "name with /", [_file(2, 0, "etc/storage.cfg")], 10, ["contains '/'", "'etc/storage.cfg'"])
+    _refused(t, "name with NUL", [_file(2, 0, "user.cfg\0x")], 10, ["contains NUL", "'user.cfg\\0x'"])
+
+
+def test_damaged_db_inodes_out_of_range(t):
+    """Rows with a negative inode or one in the plugin inode range (>= 2^62 - 1) are refused naming the row, file untouched."""
+    _refused(t, "negative inode", [_file(-5, 0, "neg.cfg", version=2)], 10, ["inode -5 is out of range", "'neg.cfg'"])
+    for ino in (pmxdb.MAX_INODE + 1, 1 << 62, (1 << 63) - 1):
+        _refused(t, f"inode {ino}", [_file(ino, 0, "plug.cfg", version=2)], 10, [f"inode {ino} is out of range", "'plug.cfg'"])

@@ -14,15 +14,25 @@ use crate::tree::{Entry, Tree};
 
 pub(crate) const VERSION_NAME: &str = "__version__";
 
-const SQL_CREATE: &str = "CREATE TABLE IF NOT EXISTS tree (\
-  inode INTEGER PRIMARY KEY NOT NULL,\
-  parent INTEGER NOT NULL CHECK(typeof(parent)=='integer'),\
-  version INTEGER NOT NULL CHECK(typeof(version)=='integer'),\
-  writer INTEGER NOT NULL CHECK(typeof(writer)=='integer'),\
-  mtime INTEGER NOT NULL CHECK(typeof(mtime)=='integer'),\
-  type INTEGER NOT NULL CHECK(typeof(type)=='integer'),\
-  name TEXT NOT NULL,\
-  data BLOB);";
+/// Largest inode a database may hold. The FUSE layer shows inode `i` as
+/// `i + 1` and gives the numbers from 2^62 up to the plugin entries of the
+/// root (pmxcfs/src/fs.rs `PLUGIN_INO_BASE`), so `i + 1` must stay below.
+pub(crate) const MAX_INODE: u64 = (1 << 62) - 2;
+
+/// database.c `sql_create_db`, byte for byte: SQLite keeps this text (less
+/// `IF NOT EXISTS` and the `;`) in `sqlite_master`, where C writes two
+/// spaces after `(` and after every comma.
+pub(crate) const SQL_CREATE: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS tree (",
+    "  inode INTEGER PRIMARY KEY NOT NULL,",
+    "  parent INTEGER NOT NULL CHECK(typeof(parent)=='integer'),",
+    "  version INTEGER NOT NULL CHECK(typeof(version)=='integer'),",
+    "  writer INTEGER NOT NULL CHECK(typeof(writer)=='integer'),",
+    "  mtime INTEGER NOT NULL CHECK(typeof(mtime)=='integer'),",
+    "  type INTEGER NOT NULL CHECK(typeof(type)=='integer'),",
+    "  name TEXT NOT NULL,",
+    "  data BLOB);"
+);
 
 const SQL_LOAD: &str = "SELECT inode, parent, version, writer, mtime, type, name, data FROM tree;";
 /// Write a row: insert, or update in place when the inode exists. The
@@ -168,7 +178,9 @@ impl Backend {
         }
     }
 
-    /// Load all rows and check them as `bdb_backend_load_index` does.
+    /// Load all rows and check them as `bdb_backend_load_index` does, and
+    /// further: what the C loader accepts but then breaks the tree (see
+    /// [`Backend::check_row`] and [`Backend::check_versions`]).
     fn load(&self) -> Result<Tree, MemDbError> {
         let mut stmt = self
             .conn
@@ -191,7 +203,8 @@ impl Backend {
                     )),
                 }
             };
-            let inode = int(0)? as u64;
+            let raw_inode = int(0)?;
+            let inode = raw_inode as u64;
             let parent = int(1)? as u64;
             let version = int(2)? as u64;
             // The C loader keeps the low 32 / 8 bits of these columns.
@@ -240,6 +253,7 @@ impl Backend {
                 root = Some((version, writer, mtime));
                 continue;
             }
+            self.check_row(raw_inode, parent, &name)?;
             let entry = Entry {
                 inode: Inode(inode),
                 parent: Inode(parent),
@@ -255,7 +269,21 @@ impl Backend {
         }
         drop(rows);
 
-        let (version, writer, mtime) = root.unwrap_or((0, 0, 0));
+        let (version, writer, mtime) = match root {
+            Some(r) => r,
+            None if all.is_empty() => (0, 0, 0),
+            None => {
+                return Err(MemDbError::Inconsistent {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "no {VERSION_NAME} row (inode 0) but {} other rows: \
+                         new entries would reuse their inodes",
+                        all.len()
+                    ),
+                })
+            }
+        };
+        self.check_versions(version, &all)?;
         let mut tree = Tree::new_root(version, writer, mtime);
 
         // Link children to parents; deterministic order for error messages.
@@ -331,6 +359,70 @@ impl Backend {
             });
         }
         Ok(tree)
+    }
+
+    /// A row other than `__version__`: its inode must be in
+    /// `1..=MAX_INODE` and its name one that a path can reach (not `.` or
+    /// `..`, no `/`, no NUL).
+    fn check_row(&self, inode: i64, parent: u64, name: &str) -> Result<(), MemDbError> {
+        if !(1..=MAX_INODE as i64).contains(&inode) {
+            return Err(self.bad_row(
+                inode as u64,
+                parent,
+                name,
+                format!(
+                    "inode {inode} is out of range (1 to {MAX_INODE}; 0 is only {VERSION_NAME})"
+                ),
+            ));
+        }
+        let reason = if name == "." || name == ".." {
+            "name is '.' or '..'"
+        } else if name.contains('/') {
+            "name contains '/'"
+        } else if name.contains('\0') {
+            "name contains NUL"
+        } else {
+            return Ok(());
+        };
+        Err(self.bad_row(inode as u64, parent, &name.replace('\0', "\\0"), reason))
+    }
+
+    /// Every new entry's inode is the `__version__` version plus one, so that
+    /// version must not be below any inode or version of the tree, and must
+    /// leave room for one more inode.
+    fn check_versions(&self, root: u64, all: &HashMap<u64, Entry>) -> Result<(), MemDbError> {
+        if all.is_empty() && root == 0 {
+            return Ok(());
+        }
+        if root >= MAX_INODE {
+            return Err(self.bad_row(
+                0,
+                0,
+                VERSION_NAME,
+                format!(
+                    "{VERSION_NAME} version {} is out of range (1 to {})",
+                    root as i64,
+                    MAX_INODE - 1
+                ),
+            ));
+        }
+        let mut inodes: Vec<&u64> = all.keys().collect();
+        inodes.sort_unstable();
+        for inode in inodes {
+            let e = &all[inode];
+            if e.inode.0 > root || e.version > root {
+                return Err(self.bad_row(
+                    e.inode.0,
+                    e.parent.0,
+                    &e.name,
+                    format!(
+                        "{VERSION_NAME} version {root} is lower than this row's inode {} or version {}",
+                        e.inode.0, e.version as i64
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// One mutation, one transaction: delete the replaced inode, replace the

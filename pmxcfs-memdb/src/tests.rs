@@ -410,8 +410,7 @@ fn not_a_database() {
 
 #[test]
 fn c_fixture_loads() {
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/c-9.1.6-local/config.db");
+    let fixture = fixture_dir().join("config.db");
     let bytes = std::fs::read(&fixture)
         .unwrap_or_else(|e| panic!("C fixture {} missing: {e}", fixture.display()));
     let (_d, p) = tmpdb();
@@ -434,4 +433,225 @@ fn c_fixture_loads() {
             assert_eq!(hex(&Sha256::digest(&data)), f[5], "{}", f[1]);
         }
     }
+}
+
+/// (inode, parent, version, type, name)
+type VRow<'a> = (i64, i64, i64, i64, &'a str);
+
+/// A database with the C schema, an optional `__version__` row with the
+/// given version, and the rows as given (NULL data).
+fn make_versioned_db(p: &Path, root: Option<i64>, rows: &[VRow<'_>]) {
+    let c = rusqlite::Connection::open(p).unwrap();
+    c.execute_batch(crate::backend::SQL_CREATE).unwrap();
+    if let Some(v) = root {
+        c.execute(
+            "INSERT INTO tree VALUES (0, 0, ?1, 0, 5, 8, '__version__', NULL)",
+            [v],
+        )
+        .unwrap();
+    }
+    for (inode, parent, version, ty, name) in rows {
+        c.execute(
+            "INSERT INTO tree VALUES (?1, ?2, ?3, 0, 5, ?4, ?5, NULL)",
+            rusqlite::params![inode, parent, version, ty, name],
+        )
+        .unwrap();
+    }
+}
+
+/// Opening must fail with a message containing every `want` string and
+/// leave the file byte for byte as it was.
+fn assert_refused(p: &Path, what: &str, want: &[&str]) {
+    let before = Sha256::digest(std::fs::read(p).unwrap());
+    let err = MemDb::open(p, None)
+        .err()
+        .unwrap_or_else(|| panic!("{what}: accepted"));
+    let msg = err.to_string();
+    for w in want {
+        assert!(msg.contains(w), "{what}: {w:?} not in {msg}");
+    }
+    let after = Sha256::digest(std::fs::read(p).unwrap());
+    assert!(after == before, "{what}: file changed");
+}
+
+/// (what, `__version__` version or none, rows, expected message parts)
+type VersionCase<'a> = (&'a str, Option<i64>, Vec<VRow<'a>>, Vec<&'a str>);
+
+/// Without `__version__`, or with its version below an inode of the tree,
+/// the next create would reuse an existing inode.
+#[test]
+fn damaged_version_row_is_refused_untouched() {
+    let max = crate::backend::MAX_INODE as i64;
+    let cases: Vec<VersionCase<'_>> = vec![
+        (
+            "no __version__ row",
+            None,
+            vec![(2, 0, 2, 4, "etc"), (3, 2, 3, 8, "storage.cfg")],
+            vec!["no __version__ row", "2 other rows"],
+        ),
+        (
+            "version below an inode",
+            Some(5),
+            vec![(2, 0, 2, 4, "etc"), (7, 2, 7, 8, "seven.cfg")],
+            vec!["__version__ version 5 is lower", "name = 'seven.cfg'"],
+        ),
+        (
+            "version below a version",
+            Some(5),
+            vec![(2, 0, 2, 4, "etc"), (3, 2, 9, 8, "newer.cfg")],
+            vec!["__version__ version 5 is lower", "version 9", "'newer.cfg'"],
+        ),
+        (
+            "version 0 with rows",
+            Some(0),
+            vec![(2, 0, 2, 4, "etc")],
+            vec!["version 0 is lower", "'etc'"],
+        ),
+        (
+            "negative version",
+            Some(-3),
+            vec![(2, 0, 2, 4, "etc")],
+            vec!["__version__ version -3 is out of range"],
+        ),
+        (
+            "version leaves no inode",
+            Some(max),
+            vec![(2, 0, 2, 4, "etc")],
+            vec!["is out of range"],
+        ),
+    ];
+    for (what, root, rows, want) in cases {
+        let (_d, p) = tmpdb();
+        make_versioned_db(&p, root, &rows);
+        assert_refused(&p, what, &want);
+    }
+    // the edges that stay valid: an empty table without __version__ (as a
+    // new database), and the highest version that leaves one inode
+    let (_d, p) = tmpdb();
+    make_versioned_db(&p, None, &[]);
+    assert_eq!(MemDb::open(&p, None).unwrap().version(), 1);
+    let (_d, p) = tmpdb();
+    make_versioned_db(&p, Some(max - 1), &[(max - 1, 0, max - 1, 4, "d")]);
+    let db = MemDb::open(&p, None).unwrap();
+    assert_eq!(db.version(), (max - 1) as u64);
+    assert_eq!(db.getattr("d").unwrap().inode, Inode((max - 1) as u64));
+}
+
+/// Names no path can reach, and inodes outside 1..=MAX_INODE.
+#[test]
+fn bad_names_and_inodes_are_refused_untouched() {
+    let max = crate::backend::MAX_INODE as i64;
+    let cases: Vec<(&str, Vec<VRow<'_>>, Vec<&str>)> = vec![
+        (
+            "dot",
+            vec![(2, 0, 2, 4, ".")],
+            vec!["'.' or '..'", "name = '.'"],
+        ),
+        (
+            "dotdot",
+            vec![(2, 0, 2, 4, "d"), (3, 2, 3, 8, "..")],
+            vec!["'.' or '..'", "name = '..'", "0000000000000003"],
+        ),
+        (
+            "slash",
+            vec![(2, 0, 2, 8, "a/b")],
+            vec!["contains '/'", "name = 'a/b'"],
+        ),
+        (
+            "NUL",
+            vec![(2, 0, 2, 8, "a\0b")],
+            vec!["contains NUL", "name = 'a\\0b'"],
+        ),
+        (
+            "negative inode",
+            vec![(-5, 0, 2, 8, "neg.cfg")],
+            vec!["inode -5 is out of range", "'neg.cfg'"],
+        ),
+        (
+            "inode in the plugin range",
+            vec![(max + 1, 0, 2, 8, "plug.cfg")],
+            vec!["out of range", "'plug.cfg'"],
+        ),
+        (
+            "inode 2^62",
+            vec![(1 << 62, 0, 2, 8, "big.cfg")],
+            vec!["out of range", "'big.cfg'"],
+        ),
+    ];
+    for (what, rows, want) in cases {
+        let (_d, p) = tmpdb();
+        make_versioned_db(&p, Some(100), &rows);
+        assert_refused(&p, what, &want);
+    }
+    // names that only look odd are fine
+    let (_d, p) = tmpdb();
+    make_versioned_db(
+        &p,
+        Some(100),
+        &[
+            (2, 0, 2, 8, "..."),
+            (3, 0, 3, 8, ".hidden"),
+            (4, 0, 4, 8, "a\\b"),
+        ],
+    );
+    MemDb::open(&p, None).unwrap();
+}
+
+/// sqlite_master holds the CREATE TABLE text of the C daemon byte for byte.
+#[test]
+fn schema_text_is_the_c_text() {
+    let sql_of = |p: &Path| -> String {
+        let c =
+            rusqlite::Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        c.query_row(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='tree'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (_d, p) = tmpdb();
+    drop(MemDb::open(&p, None).unwrap());
+    let ours = sql_of(&p);
+    // a copy: SQLite may add -wal/-shm files beside a database it reads
+    let (_d2, c) = tmpdb();
+    std::fs::copy(fixture_dir().join("config.db"), &c).unwrap();
+    assert_eq!(ours, sql_of(&c));
+    assert!(ours.starts_with("CREATE TABLE tree (  inode INTEGER PRIMARY KEY NOT NULL,  parent"));
+}
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/fixtures/c-9.1.6-local")
+}
+
+/// `.vmlist` version as status.c counts it: only memdb_recreate_vmlist with
+/// an existing `nodes` directory, a register or a delete bump it.
+#[test]
+fn vmlist_version_counts_like_c() {
+    let (_d, p) = tmpdb();
+    let db = MemDb::open(&p, None).unwrap();
+    assert_eq!(db.vmlist_version(), (0, 0), "fresh database, no nodes dir");
+    for d in ["nodes", "nodes/a", "nodes/a/qemu-server"] {
+        db.apply(&mkdir(d), 0, 1).unwrap();
+    }
+    assert_eq!(db.vmlist_version(), (0, 0), "mkdir bumps nothing");
+    db.apply(&create("nodes/a/qemu-server/100.conf"), 0, 1)
+        .unwrap();
+    assert_eq!(db.vmlist_version(), (1, 1), "register");
+    drop(db);
+    let db = MemDb::open(&p, None).unwrap();
+    assert_eq!(db.vmlist_version(), (1, 1), "rebuilt from the nodes dir");
+    db.apply(&del("nodes/a/qemu-server/100.conf"), 0, 1)
+        .unwrap();
+    assert_eq!(db.vmlist_version(), (2, 0), "delete");
+    drop(db);
+    // an empty nodes dir still counts one rebuild; a file named nodes none
+    let db = MemDb::open(&p, None).unwrap();
+    assert_eq!(db.vmlist_version(), (1, 0));
+    let (_d, p) = tmpdb();
+    let db = MemDb::open(&p, None).unwrap();
+    db.apply(&create("nodes"), 0, 1).unwrap();
+    drop(db);
+    assert_eq!(MemDb::open(&p, None).unwrap().vmlist_version(), (0, 0));
 }

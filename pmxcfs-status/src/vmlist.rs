@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn c_fixture_round_trip() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/c-9.1.6-local/vmlist.json");
+            .join("../integration-tests/fixtures/c-9.1.6-local/vmlist.json");
         let fixture = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!("C fixture {} is missing or unreadable: {e}", path.display())
         });
