@@ -9,6 +9,7 @@ import stat
 import time
 
 from lib.harness import (
+    Daemon,
     TestFailure,
     check,
     eq,
@@ -328,3 +329,55 @@ def test_plugin_entries_refuse_changes(t):
     expect_errno(
         errno.EEXIST, os.open, d.path(".vmlist"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640, what="O_EXCL create .vmlist"
     )
+
+
+def test_vmlist_version_0_without_nodes_dir(t):
+    """.vmlist version and the .version "vmlist" counter are 0 on a DB without a nodes dir (C: status.c only bumps vmlist_version when memdb.c rebuilds the list from an existing nodes dir, or on register/delete); mkdir changes nothing, creating a guest config makes it 1."""
+    tmp = t.tmpdir()
+    with Daemon(tmp) as d:
+        eq(read(d.path(".vmlist")), b'{\n"version": 0\n\n}\n', ".vmlist of a fresh DB")
+        eq(parse_version(d)["vmlist"], 0, '.version "vmlist" of a fresh DB')
+        d.makedirs("nodes/testnode/qemu-server")
+        eq(read(d.path(".vmlist")), b'{\n"version": 0\n\n}\n', ".vmlist after mkdir nodes/testnode/qemu-server")
+        os.close(os.open(d.path("nodes/testnode/qemu-server/100.conf"), os.O_WRONLY | os.O_CREAT, 0o640))
+        eq(json.loads(read(d.path(".vmlist")))["version"], 1, ".vmlist version after one register (create)")
+        eq(parse_version(d)["vmlist"], 1, '.version "vmlist" after one register (create)')
+        os.unlink(d.path("nodes/testnode/qemu-server/100.conf"))
+    # restart: the nodes dir exists, so the list is built from it once
+    with Daemon(tmp) as d:
+        eq(read(d.path(".vmlist")), b'{\n"version": 1\n\n}\n', ".vmlist after a restart with an empty nodes dir")
+        eq(parse_version(d)["vmlist"], 1, '.version "vmlist" after a restart with a nodes dir')
+
+
+def _mountinfo_of(path):
+    """(source, fstype) of the mount at path, from /proc/self/mountinfo."""
+    real = os.path.realpath(path)
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        if left.split()[4] == real:
+            fstype, source = right.split()[:2]
+            return source, fstype
+    raise TestFailure(f"{path} not in /proc/self/mountinfo")
+
+
+def test_mount_source_is_dev_fuse(t):
+    """The mount shows source /dev/fuse and type fuse in /proc/mounts, as the C daemon's (libfuse default, no fsname)."""
+    d = t.daemon()
+    eq(_mountinfo_of(d.mount), ("/dev/fuse", "fuse"), "(source, fstype) in /proc/self/mountinfo")
+    real = os.path.realpath(d.mount)
+    lines = [l.split() for l in open("/proc/mounts") if l.split()[1] == real]
+    eq([l[0] for l in lines], ["/dev/fuse"], "source in /proc/mounts")
+
+
+def test_plugin_entries_st_blocks_0(t):
+    """st_blocks of the root's plugin files and symlinks is 0 whatever their size (C: cfs-plug-func.c and cfs-plug-link.c set no st_blocks); DB files keep ceil(size/4096)."""
+    d = t.daemon()
+    write(d.path("storage.cfg"), b"x" * 5000)
+    bad = []
+    for name in READONLY_PLUGINS + [".debug", "local", "qemu-server", "lxc", "openvz"]:
+        st = os.lstat(d.path(name))
+        if st.st_blocks != 0:
+            bad.append(f"{name}: st_size {st.st_size}, st_blocks {st.st_blocks}")
+    check(not bad, "; ".join(bad))
+    check(os.stat(d.path(".version")).st_size > 0, ".version is not empty (the check above means something)")
+    eq(os.stat(d.path("storage.cfg")).st_blocks, 2, "st_blocks of a 5000-byte DB file")

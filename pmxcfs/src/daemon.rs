@@ -271,7 +271,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     let _ = nix::mount::umount2(&cli.mount, nix::mount::MntFlags::MNT_FORCE);
     let _ = std::fs::DirBuilder::new().mode(0o750).create(&cli.mount);
     let options = [
-        MountOption::FSName("pmxcfs".into()),
+        MountOption::FSName("/dev/fuse".into()),
         MountOption::AllowOther,
         MountOption::DefaultPermissions,
     ];
