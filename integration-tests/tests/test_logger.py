@@ -200,3 +200,34 @@ def test_clusterlog_file_matches_ipc(t):
     data = _parse(f, ".clusterlog")
     eq([e["msg"] for e in data], [f"n{i}" for i in range(44, -1, -1)] + [f"m{i}" for i in range(9, 4, -1)],
        ".clusterlog: the newest 50")
+
+
+def _perl_ascii(s):
+    """What PVE::Cluster::log_msg sends for ident and msg:
+    encode("ascii", $s, sub { sprintf "\\u%04x", shift })."""
+    return "".join(c if ord(c) < 128 else "\\u%04x" % ord(c) for c in s)
+
+
+def test_non_ascii_fields_decode_to_what_the_client_sent(t):
+    """Through GET_CLUSTER_LOG and .clusterlog, decoded as the Perl stack does (JSON): user, tag and msg with non-ASCII come back as sent, whether the client sent \\uXXXX (PVE::Cluster log_msg) or raw UTF-8; quotes and backslashes around them stay valid JSON."""
+    d = t.daemon()
+    svc = d.ipc_name
+    cases = [
+        # (user, tag, msg) as the client meant them; sent the Perl way
+        ("r\u00e9user@pve", "qm\u00e4", "VM 100 \u00fcber Br\u00fccke"),
+        ('q"uo\\te\u00e9@pve', 't"a\\g\u00f6', 'say "\u00e9" C:\\dir\\'),
+    ]
+    msgs = [log_msg(5, _perl_ascii(u), _perl_ascii(g), _perl_ascii(m)) for u, g, m in cases]
+    # and raw UTF-8 from another client
+    msgs.append(log_msg(5, "r\u00e9user@pve", "t\u00e4g", "caf\u00e9"))
+    want = cases + [("r\u00e9user@pve", "t\u00e4g", "caf\u00e9")]
+    pid, errs = _log(svc, *msgs)
+    eq(errs, [OK] * len(msgs), "LOG results")
+    for raw, what in ((_dump(svc, len(msgs)), "GET_CLUSTER_LOG"), (read(d.path(".clusterlog")), ".clusterlog")):
+        data = _parse(raw, what)[: len(msgs)]
+        got = [(e["user"], e["tag"], e["msg"]) for e in reversed(data)]
+        eq(got, want, f"{what}: (user, tag, msg) after JSON decoding")
+        eq({e["node"] for e in data}, {"testnode"}, f"{what}: node")
+    # the Perl-encoded user is what the entry's filter digest was made of
+    data = _parse(_dump(svc, 0, _perl_ascii("r\u00e9user@pve")), "filtered by the encoded user")
+    eq([e["msg"] for e in data], [want[0][2]], "entries of user r\\u00e9user@pve")

@@ -14,18 +14,22 @@
 //!
 //! (no entries: `{\n"data": [\n]\n}\n`), newest entry first.
 //!
-//! Escaping differs from C on purpose, C prints every string verbatim:
+//! Escaping differs from C on purpose, C prints every string verbatim. The
+//! aim: every field decodes to what the client meant, and the output is
+//! always valid JSON.
 //!
-//! * `tag`, `node` and `user` are escaped as JSON strings (`"`, `\`, control
-//!   characters).
-//! * `msg` was already converted by `utf8_to_ascii` when the entry was made,
-//!   which writes `"` as `\"` and non-ASCII characters as `\uXXXX` but keeps
-//!   backslashes. Those two escapes are kept; every other backslash is
-//!   written as `\\`, any remaining `"` as `\"` and control characters
-//!   escaped. A message that literally contained `\u` plus four hex digits
-//!   cannot be told apart from a converted character (the stored bytes are
-//!   the same) and shows as that character, as in C; `\u` escapes of UTF-16
-//!   surrogates are not kept, so the output is always valid JSON.
+//! * Non-ASCII text arrives already written as `\uXXXX`: PVE::Cluster
+//!   `log_msg` encodes `user` and `msg` that way before sending them, and
+//!   `utf8_to_ascii` does the same to raw UTF-8 in `msg`. C prints these
+//!   escapes verbatim, so a JSON decoder turns them back into the
+//!   characters. So in every field (`tag`, `node`, `user`, `msg`) a `\u`
+//!   plus four hex digits is kept as it is, when it names a character that
+//!   is not a UTF-16 surrogate or is a high/low surrogate pair; text that
+//!   literally contained such an escape cannot be told apart (the stored
+//!   bytes are the same) and shows as that character, as in C.
+//! * `msg` only: `\"` is kept too (`utf8_to_ascii` writes `"` that way).
+//! * Everything else is escaped as in any JSON string: other backslashes as
+//!   `\\`, `"` as `\"`, control characters; raw UTF-8 is written as it is.
 
 use std::fmt::Write as _;
 
@@ -78,15 +82,14 @@ fn push_entry(out: &mut String, e: &ClogEntry) {
     out.push_str("\", \"user\": \"");
     push_json_str(out, &e.ident);
     out.push_str("\", \"msg\": \"");
-    push_json_msg(out, &e.msg);
+    push_json_escaped(out, &e.msg, true);
     out.push_str("\"}");
 }
 
-/// Appends `s` as the body of a JSON string.
+/// Appends a stored `tag`, `node` or `user` as the body of a JSON string,
+/// keeping its `\uXXXX` escapes.
 fn push_json_str(out: &mut String, s: &str) {
-    for ch in s.chars() {
-        push_json_char(out, ch);
-    }
+    push_json_escaped(out, s, false);
 }
 
 fn push_json_char(out: &mut String, ch: char) {
@@ -103,43 +106,55 @@ fn push_json_char(out: &mut String, ch: char) {
     }
 }
 
-/// Appends a stored (utf8_to_ascii-converted) message as the body of a JSON
-/// string, keeping the `\"` and `\uXXXX` escapes the conversion made.
-fn push_json_msg(out: &mut String, msg: &str) {
-    let bytes = msg.as_bytes();
+/// Appends a stored string as the body of a JSON string, keeping the
+/// `\uXXXX` escapes it holds (and `\"` when `keep_quote`, for messages).
+fn push_json_escaped(out: &mut String, s: &str, keep_quote: bool) {
+    let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' {
             let keep = match bytes.get(i + 1) {
-                Some(b'"') => 2,
-                Some(b'u') if is_bmp_escape(bytes.get(i + 2..i + 6)) => 6,
+                Some(b'"') if keep_quote => 2,
+                Some(b'u') => unicode_escape_len(&bytes[i..]),
                 _ => 0,
             };
             if keep > 0 {
-                out.push_str(&msg[i..i + keep]);
+                out.push_str(&s[i..i + keep]);
                 i += keep;
                 continue;
             }
         }
         // Not part of a kept escape: escape it as any other character.
-        let ch = msg[i..].chars().next().unwrap_or('\u{fffd}');
+        let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
         push_json_char(out, ch);
         i += ch.len_utf8();
     }
 }
 
-/// Four hex digits naming a code point that is not a UTF-16 surrogate.
-fn is_bmp_escape(hex: Option<&[u8]>) -> bool {
-    let Some(hex) = hex else {
-        return false;
-    };
-    let Ok(text) = std::str::from_utf8(hex) else {
-        return false;
-    };
-    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return false;
+/// The length of the JSON `\u` escape at the start of `b` that decodes to
+/// a character: 6 for one that is not a surrogate, 12 for a high surrogate
+/// followed by a low one; 0 for none (a lone surrogate, too few digits).
+fn unicode_escape_len(b: &[u8]) -> usize {
+    const HIGH: std::ops::RangeInclusive<u32> = 0xd800..=0xdbff;
+    const LOW: std::ops::RangeInclusive<u32> = 0xdc00..=0xdfff;
+    match escape_value(b) {
+        Some(v) if HIGH.contains(&v) => match b.get(6..).and_then(escape_value) {
+            Some(w) if LOW.contains(&w) => 12,
+            _ => 0,
+        },
+        Some(v) if LOW.contains(&v) => 0,
+        Some(_) => 6,
+        None => 0,
     }
-    u32::from_str_radix(text, 16).is_ok_and(|v| !(0xd800..=0xdfff).contains(&v))
+}
+
+/// The value of `\u` plus four hex digits at the start of `b`.
+fn escape_value(b: &[u8]) -> Option<u32> {
+    let hex = b.strip_prefix(b"\\u")?.get(..4)?;
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 #[cfg(test)]
@@ -230,6 +245,58 @@ mod tests {
             panic!("invalid JSON ({e}): {text}");
         });
         v["data"][0].clone()
+    }
+
+    /// PVE::Cluster `log_msg` sends the user as ASCII with `\uXXXX` escapes
+    /// (`encode("ascii", $ident, sub { sprintf "\\u%04x", shift })`); the
+    /// JSON must decode to the original characters in every field.
+    #[test]
+    fn unicode_escapes_decode_in_every_field() {
+        let mut log = ClusterLog::new();
+        log.add(
+            "n\\u00f6de",
+            "r\\u00e9user@pve",
+            "t\\u00e4g",
+            1,
+            6,
+            5,
+            "caf\\u00e9 \\ud83d\\ude00",
+        );
+        let e = parse_single(&log);
+        assert_eq!(e["user"], "réuser@pve");
+        assert_eq!(e["node"], "nöde");
+        assert_eq!(e["tag"], "täg");
+        assert_eq!(e["msg"], "café \u{1F600}");
+        // raw UTF-8 (another client) decodes as well; msg goes through
+        // utf8_to_ascii
+        let mut log = ClusterLog::new();
+        log.add("nöde", "réuser@pve", "täg", 1, 6, 5, "café");
+        let e = parse_single(&log);
+        assert_eq!(
+            (&e["node"], &e["user"], &e["tag"], &e["msg"]),
+            (
+                &"nöde".into(),
+                &"réuser@pve".into(),
+                &"täg".into(),
+                &"café".into()
+            )
+        );
+        // what is not an escape of a character stays text, and valid JSON
+        let cases: &[(&str, &str)] = &[
+            ("a\\\"b", "a\\\"b"),
+            ("\\ud800 lone", "\\ud800 lone"),
+            ("\\ude00 low", "\\ude00 low"),
+            ("\\ud83d\\u0041 half", "\\ud83dA half"),
+            ("\\u12 short", "\\u12 short"),
+            ("\\u12G4", "\\u12G4"),
+            ("end\\u00e", "end\\u00e"),
+            ("C:\\dir\\", "C:\\dir\\"),
+        ];
+        for (user, shown) in cases {
+            let mut log = ClusterLog::new();
+            log.add("n", *user, "t", 1, 6, 5, "m");
+            assert_eq!(parse_single(&log)["user"], *shown, "user {user:?}");
+        }
     }
 
     #[test]
