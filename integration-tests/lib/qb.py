@@ -13,16 +13,20 @@ exec), so the daemon sees those credentials through the kernel.
     err, data = call(svc, OP_GET_FS_VERSION) # one request, header checked
     out = calls(svc, [(op, payload), ...])   # several requests, one client
     c = spawn(svc, ...); ...; res = c.finish()
+    f = flood(svc, creds, n, ...); f.summary; ...; f.release()
 
 Request payload encoders: name256, cstr, set_status, get_status, log_msg,
 get_log, vmid_prop, vmid_props, raw_msg. Errors are negative errno values.
 """
 
 import errno
+import json
 import os
+import select
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 
 from lib import harness
@@ -100,7 +104,10 @@ def _compile():
     cc = shutil.which("cc")
     if cc is None:
         raise TestFailure("cannot build the libqb client: no `cc` in PATH (apt-get install gcc libqb-dev)")
-    # a temp dir outside every test's ExitStack: removed by cleanup_all() at exit
+    # a temp dir outside every test's ExitStack: removed by cleanup_all() at exit;
+    # under /tmp and 0755 (never inside the repo, which may lie under a
+    # directory other users cannot enter, such as /root) so that clients run
+    # as www-data or nobody can execute it
     tmp = harness.TempDir()
     out = os.path.join(tmp.path, "qbclient")
     cmd = [cc, "-O1", "-o", out, QBCLIENT_SRC, "-lqb"]
@@ -360,3 +367,163 @@ def shm_dirs(server_pid, client_pid=None):
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
     except OSError:
         return []
+
+
+def fd_count(pid):
+    """Number of open descriptors of a process (/proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --------------------------------------------------------------------------
+# hostile floods: many raw connections of one user, from one process
+
+# Runs as root only to raise its own RLIMIT_NOFILE, then drops to the given
+# uid/gid for real (setgroups([]), setgid, setuid) before the first connect.
+# Opens N stream connections to the abstract socket as libqb does (name
+# padded with NULs to 107 bytes); with mode "request" each sends the libqb
+# connection request right after connect (id -1, size 24, max_msg_size),
+# with "silent" nothing. A connect that blocks for 1 s (backlog full: the
+# server no longer accepts) ends the attempts. Then it watches all sockets
+# for `collect` seconds and prints one JSON line: per socket the outcome
+# "accepted" (response error 0, connection held), "refused:<error>" (response
+# error, then closed), "closed" (closed without a response) or "open"
+# (nothing happened). It then holds every socket until stdin closes.
+_FLOOD_HELPER = r"""
+import json, os, resource, selectors, socket, struct, sys, time
+svc, uid, gid, n, mode, max_size, collect = sys.argv[1:8]
+uid, gid, n, max_size, collect = int(uid), int(gid), int(n), int(max_size), float(collect)
+want = n + 64
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+os.setgroups([])
+os.setgid(gid)
+os.setuid(uid)
+ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())
+if ids != (uid, uid, gid, gid, []):
+    print(json.dumps({"error": f"privileges not dropped: {ids}"}), flush=True)
+    sys.exit(1)
+addr = b"\0" + svc.encode().ljust(107, b"\0")
+request = struct.pack("<i4xi4xI4x", -1, 24, max_size)
+RESP = 12328
+socks, errors = [], {}
+t0 = time.monotonic()
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(addr)
+    except OSError as e:
+        s.close()
+        name = type(e).__name__ if e.errno is None else os.strerror(e.errno)
+        errors[name] = errors.get(name, 0) + 1
+        if isinstance(e, socket.timeout):
+            break
+        continue
+    state = {"buf": b"", "out": None}
+    if mode == "request":
+        try:
+            s.sendall(request)
+        except OSError:
+            state["out"] = "closed"
+    s.setblocking(False)
+    socks.append((s, state))
+connect_s = time.monotonic() - t0
+sel = selectors.DefaultSelector()
+for s, st in socks:
+    if st["out"] is None:
+        sel.register(s, selectors.EVENT_READ, st)
+deadline = time.monotonic() + collect
+while sel.get_map() and time.monotonic() < deadline:
+    for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+        s, st = key.fileobj, key.data
+        try:
+            data = s.recv(RESP - len(st["buf"]) if len(st["buf"]) < RESP else 4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if len(st["buf"]) < RESP and data:
+            st["buf"] += data
+            if len(st["buf"]) == RESP:
+                err = struct.unpack_from("<i", st["buf"], 16)[0]
+                if err == 0:
+                    st["out"] = "accepted"
+                    sel.unregister(s)
+            continue
+        if not data:
+            if len(st["buf"]) == RESP:
+                st["out"] = "refused:%d" % struct.unpack_from("<i", st["buf"], 16)[0]
+            else:
+                st["out"] = "closed"
+            sel.unregister(s)
+outcomes = {}
+for s, st in socks:
+    o = st["out"]
+    if o is None:
+        o = "refused-open:%d" % struct.unpack_from("<i", st["buf"], 16)[0] if len(st["buf"]) == RESP else "open"
+    outcomes[o] = outcomes.get(o, 0) + 1
+print(json.dumps({"connected": len(socks), "connect_errors": errors, "connect_seconds": round(connect_s, 2),
+                  "outcomes": outcomes}), flush=True)
+sys.stdin.read()
+"""
+
+
+class Flood:
+    """A flood helper process (see _FLOOD_HELPER), registered for cleanup."""
+
+    def __init__(self, service, creds, n, mode="request", max_size=MAX_MSG, collect=1.5):
+        uid, gid = creds
+        self.argv = [sys.executable, "-c", _FLOOD_HELPER, service, uid, gid, n, mode, max_size, collect]
+        self.popen = subprocess.Popen(
+            [str(a) for a in self.argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
+        self.pid = self.popen.pid
+        self.watch = harness.ProcWatch(self.pid, self.popen)
+        harness.register_proc(self.watch)
+        self.summary = None
+
+    def wait_summary(self, timeout):
+        """The helper's JSON summary (after its attempts and `collect` seconds)."""
+        r, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        line = self.popen.stdout.readline() if r else b""
+        if not line:
+            self.release()
+            raise TestFailure(
+                f"flood helper gave no summary within {timeout}s "
+                f"(stderr {self.popen.stderr.read().decode(errors='replace')[-300:]!r})"
+            )
+        self.summary = json.loads(line)
+        if "error" in self.summary:
+            raise TestFailure(f"flood helper: {self.summary['error']}")
+        return self.summary
+
+    def outcome(self, name):
+        return self.summary["outcomes"].get(name, 0)
+
+    def release(self):
+        """Close every socket of the helper and let it exit."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        for f in (self.popen.stdout, self.popen.stderr):
+            f.close()
+
+
+def flood(service, creds, n, *, mode="request", max_size=MAX_MSG, collect=1.5, timeout=30):
+    """Open n connections as creds (uid, gid); returns the Flood holding them
+    (its .summary is filled in). Call .release() when done."""
+    f = Flood(service, creds, n, mode, max_size, collect)
+    f.wait_summary(timeout)
+    return f

@@ -5,8 +5,11 @@ Every client is pmxcfs-ipc/tests/qbclient.c compiled against libqb (lib/qb.py);
 clients of other users run with real setgid/setuid."""
 
 import os
+import resource
+import shutil
 import signal
 import stat
+import threading
 import time
 
 from lib import qb
@@ -20,6 +23,7 @@ from lib.harness import (
     write,
     write_all,
     www_data_gid,
+    timeout,
 )
 from lib.qb import (
     ECHRNG,
@@ -525,3 +529,167 @@ def test_restart_flag_protocol(t):
     with Daemon(tmp) as d2:
         wait_for(lambda: not os.path.exists(d2.restart_flag), 10, what="removal of the restart flag after start")
         eq(qb.ok(d2.ipc_name, qb.OP_GET_FS_VERSION), read(d2.path(".version")), "op 1 right after the flag disappeared")
+
+
+# --------------------------------------------------------------------------
+# hostile local users: nobody may take IPC away from root
+
+
+class ServiceLimitsDaemon(Daemon):
+    """The daemon with the soft descriptor limit systemd gives a service (the
+    shipped unit sets no LimitNOFILE): 1024; the hard limit stays ours
+    (systemd: 524288; raising it needs CAP_SYS_RESOURCE)."""
+
+    def argv(self, with_paths=True):
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            raise TestFailure("prlimit (util-linux) not found")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard = 524288 if hard == resource.RLIM_INFINITY else min(hard, 524288)
+        return [prlimit, f"--nofile=1024:{hard}", "--"] + super().argv(with_paths)
+
+
+def _root_request(svc, what, timeout=8):
+    """A root libqb client must connect and get op 1 answered within `timeout` s."""
+    r = qb.run(svc, "req", qb.OP_GET_FS_VERSION, "-", timeout=timeout)
+    lines = r.replies()
+    check(lines and lines[0].kind == "REPLY" and lines[0].error == OK, f"{what}: root's request failed: {r.describe()}")
+
+
+def _nofile(pid):
+    """(soft, hard) RLIMIT_NOFILE of a process, from /proc/PID/limits."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise TestFailure(f"no 'Max open files' in /proc/{pid}/limits")
+
+
+class _FdSampler:
+    """Largest descriptor count of a process, sampled every 10 ms in a thread."""
+
+    def __init__(self, pid):
+        self.pid, self.max, self._stop = pid, qb.fd_count(pid), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.wait(0.01):
+            try:
+                self.max = max(self.max, qb.fd_count(self.pid))
+            except OSError:
+                return
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(2)
+        return self.max
+
+
+@timeout(90)
+def test_www_data_cannot_lock_root_out(t):
+    """A www-data user holding as many connections as it can (2,000 attempts asking the smallest buffer, then 2,000 asking 1 MiB) under the shipped unit's soft descriptor limit (1024): root still connects and is answered; www-data gets at most its per-user caps (256 connections, 256 MiB of /dev/shm), the rest -EAGAIN or closed; afterwards www-data connects again."""
+    d = t.stack.enter_context(ServiceLimitsDaemon())
+    svc = d.ipc_name
+    www = (qb.WWW_DATA_UID, www_data_gid())
+    soft, hard = _nofile(d.pid)
+    eq(soft, hard, "daemon's RLIMIT_NOFILE soft limit (raised to the hard limit at start)")
+    floods = []
+    try:
+        for max_size in (12328, qb.MAX_MSG):
+            f = qb.Flood(svc, www, 2000, mode="request", max_size=max_size, collect=3.0)
+            floods.append(f)
+            f.wait_summary(40)
+            t.note(f"www-data flood asking {max_size}: {f.summary}")
+            check(d.alive(), f"daemon died during the www-data flood: {d.stderr_tail()}")
+        held = sum(f.outcome("accepted") for f in floods)
+        other = {k: v for f in floods for k, v in f.summary["outcomes"].items() if k not in ("accepted", "refused:-11", "closed")}
+        # root first: this is what a flood must never prevent
+        _root_request(svc, f"while www-data holds {held} connections")
+        check(0 < held <= 256, f"www-data holds {held} connections (per-user cap 256): {[f.summary for f in floods]}")
+        check(not other, f"www-data sockets neither accepted, refused with -EAGAIN nor closed: {other}")
+        big = floods[1].outcome("accepted")
+        check(big * 3 * (1 << 20) <= 256 << 20, f"www-data holds {big} connections of 1 MiB (3 MiB of /dev/shm each), over 256 MiB")
+    finally:
+        for f in floods:
+            f.release()
+    # everything given back: www-data is served again
+    wait_for(lambda: qb.run(svc, "req", 1, "-", creds=www).connected(), 10, what="www-data connecting again after the flood")
+    wait_for(lambda: not qb.shm_dirs(d.pid), 10, what="no shared memory left after the flood")
+
+
+@timeout(60)
+def test_unprivileged_flood_closed_at_once(t):
+    """A nobody user opening 2,000 connections that send nothing (and 2,000 that send the libqb request) under the shipped unit's soft descriptor limit (1024): every socket is closed at once (the requests answered with error 1, libqb's errno -1), the daemon's descriptor count does not grow (sampled every 10 ms), no shared memory is made, root is served throughout."""
+    d = t.stack.enter_context(ServiceLimitsDaemon())
+    svc = d.ipc_name
+    _root_request(svc, "before the flood")
+    base = qb.fd_count(d.pid)
+    sampler = _FdSampler(d.pid)
+    floods = []
+    try:
+        for mode in ("silent", "request"):
+            f = qb.Flood(svc, qb.NOBODY, 2000, mode=mode, collect=2.0)
+            floods.append(f)
+            f.wait_summary(40)
+            t.note(f"nobody flood ({mode}): {f.summary}, daemon fds {base} -> max {sampler.max}")
+            check(d.alive(), f"daemon died during the nobody flood: {d.stderr_tail()}")
+            # while the helper still holds all its sockets
+            _root_request(svc, f"while nobody holds 2000 {mode} sockets")
+            now = qb.fd_count(d.pid)
+            check(now <= base + 4, f"daemon holds {now} descriptors while nobody holds its sockets (before: {base})")
+            ok = {"closed"} if mode == "silent" else {"closed", "refused:1"}
+            bad = {k: v for k, v in f.summary["outcomes"].items() if k not in ok}
+            check(f.summary["connected"] > 0 and not bad, f"nobody's {mode} sockets not closed within 2 s: {f.summary}")
+        check(floods[1].outcome("refused:1") > 0, f"no libqb-style request got the refusal (error 1): {floods[1].summary}")
+        peak = sampler.stop()
+        # at most the handshakes in progress of one user (16) and root's own clients
+        check(peak <= base + 24, f"daemon descriptors grew from {base} to {peak} during the flood")
+        eq(qb.shm_dirs(d.pid), [], "shared memory of the daemon after the flood of a user who may not use IPC")
+    finally:
+        sampler.stop()
+        for f in floods:
+            f.release()
+    r = qb.run(svc, "req", 1, "-", creds=qb.NOBODY)
+    eq([l.text for l in r.lines], ["CONNECT_FAIL -1"], f"libqb client as nobody after the flood ({r.describe()})")
+    _root_request(svc, "after the flood")
+
+
+def test_shm_per_connection_follows_client_request(t):
+    """/dev/shm per connection is bounded by what the client asked for (within 12328 bytes .. 1 MiB): a libqb client asking 16 KiB (root and www-data) gets 16 KiB rings (data files 20 KiB, 3 x (12 KiB header + 20 KiB) in all), one asking 64 MiB gets 1 MiB rings; the granted size is what libqb reports."""
+    d = t.daemon()
+    svc = d.ipc_name
+    www = (qb.WWW_DATA_UID, www_data_gid())
+
+    def data_size(m):
+        return (m + 13 + 4095) // 4096 * 4096
+
+    bad = []
+    for creds, ask, granted in [(None, 16384, 16384), (www, 16384, 16384), (None, 64 << 20, qb.MAX_MSG), (None, None, qb.MAX_MSG)]:
+        c = qb.spawn(svc, "maxsize", "req", 1, "-", "sleep", 20000, creds=creds, max_size=ask)
+        try:
+            dirs = wait_for(lambda: qb.shm_dirs(d.pid, c.pid), 10, what=f"shared memory of a client asking {ask}")
+            path = os.path.join("/dev/shm", dirs[0])
+            total, sizes = 0, {}
+            for name in os.listdir(path):
+                st = os.stat(os.path.join(path, name))
+                total += st.st_blocks * 512
+                if name.endswith("-data"):
+                    sizes[name] = st.st_size
+            want_total = 3 * (12288 + data_size(granted))
+            if sorted(sizes.values()) != [data_size(granted)] * 3 or total > want_total:
+                bad.append(f"client asking {ask} (uid {creds[0] if creds else 0}): data files {sizes}, {total} bytes allocated (expected 3 x {data_size(granted)}, at most {want_total})")
+        finally:
+            c.kill(signal.SIGKILL)
+            res = c.finish(10)
+        lines = [l.text for l in res.lines[:3]]
+        if lines[:2] != ["CONNECTED", f"MAXSIZE {granted}"] or not lines[2].startswith("REPLY"):
+            bad.append(f"client asking {ask}: output {lines}, expected MAXSIZE {granted} and a reply")
+    check(not bad, "; ".join(bad))
+    # a small client is served; a reply larger than its buffer is -ENOBUFS
+    write(d.path("big.cfg"), b"x" * 30000)
+    r = qb.run(svc, "req", qb.OP_GET_FS_VERSION, "-", "req", qb.OP_GET_CONFIG, cstr("big.cfg").hex(), max_size=16384)
+    got = [(l.kind, l.error) for l in r.replies()]
+    eq(got, [("REPLY", OK), ("REPLY", ENOBUFS)], f"op 1 and GET_CONFIG of 30000 bytes with a 16 KiB buffer ({r.describe()})")
+    wait_for(lambda: not qb.shm_dirs(d.pid), 10, what="no shared memory left")

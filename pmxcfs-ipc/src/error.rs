@@ -15,6 +15,9 @@ pub enum IpcError {
     #[error("invalid IPC max message size {0}")]
     InvalidMaxMsgSize(usize),
 
+    #[error("invalid IPC limit: {0}")]
+    InvalidLimit(&'static str),
+
     #[error("cannot listen on abstract socket @{name}: {source}")]
     Listen { name: String, source: io::Error },
 

@@ -11,7 +11,7 @@
 //!
 //! Layers: [`wire`] (byte layouts), [`request`] (the typed decoder),
 //! [`ops`] (what each op does, [`StatusOps`] for the status data),
-//! [`auth`] (who may connect), `shm_ring` / `transport_shm` (the shared
+//! [`auth`] (who may connect), [`admission`] (how many and how much), `shm_ring` / `transport_shm` (the shared
 //! memory), `connection` (handshake) and [`server`] (socket and tasks).
 //!
 //! ```no_run
@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod auth;
 mod connection;
 mod error;

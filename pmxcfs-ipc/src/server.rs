@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::admission::{Admission, Caps};
 use crate::connection::{self, Shared};
 use crate::error::IpcError;
 use crate::ops::{Handler, StatusOps};
@@ -29,15 +30,41 @@ pub const MAX_SERVICE_NAME: usize = 106;
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Server settings.
+///
+/// The caps keep any one user, and all users but root together, from
+/// taking the server's descriptors or `/dev/shm` away from root
+/// (README.md, "Admission"). They apply to users other than root unless
+/// said otherwise; [`Server::start`] shrinks them to fit `RLIMIT_NOFILE`
+/// and the size of `/dev/shm` (see [`crate::admission::Caps`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// libqb service name; the socket is `@<service_name>` ("pve2").
     pub service_name: String,
     /// Clients with this gid get read-only access (www-data).
     pub www_data_gid: u32,
-    /// Buffer size of every connection: the largest request or reply,
-    /// header included (1 MiB, as the C pmxcfs with PVE::IPCC).
+    /// Largest buffer size of a connection: the largest request or reply,
+    /// header included (1 MiB, as PVE::IPCC asks for). A client asking for
+    /// less gets what it asked for (as with libqb), never less than a
+    /// connection response (12328 bytes).
     pub max_msg_size: usize,
+    /// Connections of all users together, root included.
+    pub max_connections: usize,
+    /// Connections of one uid other than root.
+    pub max_connections_per_user: usize,
+    /// Connections only root may use: the others together stop at
+    /// `max_connections - root_reserved_connections`.
+    pub root_reserved_connections: usize,
+    /// Handshakes in progress (accepted sockets not yet answered, refused
+    /// ones included) of all users but root together; a socket beyond it
+    /// is closed at once. Root's handshakes are not limited.
+    pub max_handshakes: usize,
+    /// Handshakes in progress of one uid other than root.
+    pub max_handshakes_per_user: usize,
+    /// Shared memory (ring buffer files) of the connections of all users
+    /// but root together, in bytes; at most a quarter of `/dev/shm`.
+    pub max_shm_bytes: u64,
+    /// Shared memory of the connections of one uid other than root.
+    pub max_shm_bytes_per_user: u64,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +73,13 @@ impl Default for ServerConfig {
             service_name: pmxcfs_api_types::paths::IPC_SERVICE.to_string(),
             www_data_gid: 33,
             max_msg_size: DEFAULT_MAX_MSG_SIZE,
+            max_connections: 1024,
+            max_connections_per_user: 256,
+            root_reserved_connections: 64,
+            max_handshakes: 64,
+            max_handshakes_per_user: 16,
+            max_shm_bytes: 1 << 30,
+            max_shm_bytes_per_user: 256 << 20,
         }
     }
 }
@@ -64,8 +98,60 @@ impl ServerConfig {
         {
             return Err(IpcError::InvalidMaxMsgSize(self.max_msg_size));
         }
+        let bad = |what: &'static str| Err(IpcError::InvalidLimit(what));
+        if self.max_connections == 0 || self.root_reserved_connections >= self.max_connections {
+            return bad("max_connections must exceed root_reserved_connections");
+        }
+        if self.max_connections_per_user == 0 {
+            return bad("max_connections_per_user must not be 0");
+        }
+        if self.max_handshakes == 0 || self.max_handshakes_per_user == 0 {
+            return bad("max_handshakes and max_handshakes_per_user must not be 0");
+        }
+        if self.max_shm_bytes == 0 || self.max_shm_bytes_per_user == 0 {
+            return bad("max_shm_bytes and max_shm_bytes_per_user must not be 0");
+        }
         Ok(())
     }
+}
+
+/// The soft `RLIMIT_NOFILE` of this process.
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
+}
+
+/// Size of the file system holding the shared memory, if known.
+fn shm_size(dir: &str) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks() as u64).saturating_mul(st.fragment_size() as u64)).filter(|&s| s > 0)
+}
+
+/// The configured caps, fitted to the descriptor limit and `/dev/shm`.
+fn effective_caps(config: &ServerConfig) -> Caps {
+    let configured = Caps::from_config(config);
+    let nofile = nofile_limit();
+    let mut caps = configured.fit_fd_limit(nofile);
+    if caps != configured {
+        tracing::warn!(
+            "IPC: RLIMIT_NOFILE {nofile} is too low for {} connections: \
+             at most {} connections, {} for users other than root",
+            configured.connections.all,
+            caps.connections.all,
+            caps.connections.others
+        );
+    }
+    if let Some(size) = shm_size(crate::transport_shm::SHM_DIR) {
+        caps = caps.fit_shm_size(size);
+    }
+    caps
 }
 
 /// The IPC server.
@@ -91,7 +177,10 @@ impl Server {
         );
         let (tx, rx) = watch::channel(false);
         let service_name = config.service_name.clone();
+        let caps = effective_caps(&config);
+        tracing::debug!("IPC admission caps: {caps:?}");
         let shared = Arc::new(Shared {
+            admission: Admission::new(caps),
             config,
             handler: Handler::new(memdb, status),
             next_connection: AtomicU64::new(1),
@@ -146,11 +235,16 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Credentials and caps decide before anything is read:
+                    // a socket without room is closed here and now.
+                    let Some(admitted) = connection::admit(stream, &shared) else {
+                        continue;
+                    };
                     let shared = Arc::clone(&shared);
                     let mut shutdown = shutdown.clone();
                     connections.spawn(async move {
                         tokio::select! {
-                            res = connection::run(stream, &shared) => {
+                            res = connection::run(admitted, &shared) => {
                                 if let Err(e) = res {
                                     tracing::debug!("IPC connection ended: {e}");
                                 }
@@ -235,5 +329,13 @@ mod tests {
         assert!(bad(|c| c.service_name = "x".repeat(107)));
         assert!(bad(|c| c.max_msg_size = 100));
         assert!(bad(|c| c.max_msg_size = 1 << 30));
+        assert!(bad(|c| c.max_connections = 0));
+        assert!(bad(|c| c.root_reserved_connections = c.max_connections));
+        assert!(bad(|c| c.max_connections_per_user = 0));
+        assert!(bad(|c| c.max_handshakes = 0));
+        assert!(bad(|c| c.max_handshakes_per_user = 0));
+        assert!(bad(|c| c.max_shm_bytes = 0));
+        assert!(bad(|c| c.max_shm_bytes_per_user = 0));
+        assert!(!bad(|c| c.root_reserved_connections = 0));
     }
 }

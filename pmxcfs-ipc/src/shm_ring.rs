@@ -96,15 +96,9 @@ impl ShmRing {
         max_msg_size: usize,
         owner: (u32, u32),
     ) -> Result<ShmRing, IpcError> {
-        let page = page_size();
-        let want = max_msg_size
-            .checked_add(CHUNK_MARGIN + 1)
-            .and_then(|s| s.checked_next_multiple_of(page))
-            .filter(|&s| s / 4 <= u32::MAX as usize / 2)
-            .ok_or_else(|| {
-                IpcError::shm("too large", name, io::Error::from_raw_os_error(libc::EFBIG))
-            })?;
-        let real_size = want;
+        let real_size = Self::data_size(max_msg_size).ok_or_else(|| {
+            IpcError::shm("too large", name, io::Error::from_raw_os_error(libc::EFBIG))
+        })?;
         let word_size = (real_size / 4) as u32;
 
         let hdr_path = with_suffix(name, "-header");
@@ -133,6 +127,22 @@ impl ShmRing {
         };
         ring.init_header(hdr_path.as_os_str(), data_path.as_os_str())?;
         Ok(ring)
+    }
+
+    /// Size of the data file of a ring for messages of up to
+    /// `max_msg_size` bytes: room for one such message and its chunk
+    /// header, rounded up to a page (`qb_rb_open`).
+    pub fn data_size(max_msg_size: usize) -> Option<usize> {
+        max_msg_size
+            .checked_add(CHUNK_MARGIN + 1)
+            .and_then(|s| s.checked_next_multiple_of(page_size()))
+            .filter(|&s| s / 4 <= u32::MAX as usize / 2)
+    }
+
+    /// Shared memory a ring for `max_msg_size` takes: both files, in pages.
+    pub fn bytes(max_msg_size: usize) -> u64 {
+        let hdr = HDR_FILE_SIZE.next_multiple_of(page_size());
+        Self::data_size(max_msg_size).map_or(u64::MAX, |d| (hdr + d) as u64)
     }
 
     fn init_header(&self, hdr_path: &OsStr, data_path: &OsStr) -> Result<(), IpcError> {

@@ -100,6 +100,11 @@ impl ShmSession {
         })
     }
 
+    /// Shared memory a session for `max_msg_size` takes (three rings).
+    pub fn bytes(max_msg_size: usize) -> u64 {
+        ShmRing::bytes(max_msg_size).saturating_mul(3)
+    }
+
     /// The accepting connection response announcing this session.
     pub fn connection_response(&self, connection: u64) -> ConnectionResponse {
         ConnectionResponse {

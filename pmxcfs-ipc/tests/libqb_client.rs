@@ -63,6 +63,7 @@ enum Line {
     Fail(i64),
     Sent(i64),
     Repeat(u64, u64),
+    MaxSize(u64),
     Disconnected,
 }
 
@@ -101,6 +102,7 @@ fn parse_output(out: &Output) -> Vec<Line> {
                 "FAIL" => Line::Fail(f[1].parse().unwrap()),
                 "SENT" => Line::Sent(f[1].parse().unwrap()),
                 "REPEAT" => Line::Repeat(f[1].parse().unwrap(), f[2].parse().unwrap()),
+                "MAXSIZE" => Line::MaxSize(f[1].parse().unwrap()),
                 "DISCONNECTED" => Line::Disconnected,
                 other => panic!("unexpected qbclient output {other:?} in {stdout}"),
             }
@@ -180,6 +182,8 @@ pub(crate) struct Fixture {
     server: Option<ServerHandle>,
     status: Arc<FakeStatus>,
     service: String,
+    /// A copy of the client that other users can run (see `user_client`).
+    user_client: OnceLock<(tempfile::TempDir, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
@@ -242,6 +246,16 @@ impl Fixture {
 
     /// A server on the given service name.
     pub(crate) fn with_service(service: String) -> Fixture {
+        Fixture::with_config(ServerConfig {
+            service_name: service,
+            www_data_gid: WWW_DATA,
+            ..ServerConfig::default()
+        })
+    }
+
+    /// A server with the given settings.
+    fn with_config(config: ServerConfig) -> Fixture {
+        let service = config.service_name.clone();
         let dir = tempfile::tempdir().unwrap();
         let memdb = Arc::new(make_db(dir.path()));
         let status = Arc::new(FakeStatus::default());
@@ -250,11 +264,6 @@ impl Fixture {
             .enable_all()
             .build()
             .unwrap();
-        let config = ServerConfig {
-            service_name: service.clone(),
-            www_data_gid: WWW_DATA,
-            ..ServerConfig::default()
-        };
         let st: Arc<dyn StatusOps> = status.clone();
         let server = rt
             .block_on(async { Server::start(config, memdb, st) })
@@ -265,12 +274,40 @@ impl Fixture {
             server: Some(server),
             status,
             service,
+            user_client: OnceLock::new(),
             _dir: dir,
         }
     }
 
+    /// The client binary where any user can run it: the target dir may be
+    /// under a directory other users cannot enter (a clone in /root), so a
+    /// copy goes into a fresh directory under /tmp (0755, binary 0755),
+    /// removed with the fixture.
+    fn user_client(&self) -> &Path {
+        &self
+            .user_client
+            .get_or_init(|| {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = tempfile::Builder::new()
+                    .prefix("pmxcfs-ipc-qbclient.")
+                    .tempdir_in("/tmp")
+                    .unwrap();
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                    .unwrap();
+                let bin = dir.path().join("qbclient");
+                std::fs::copy(qbclient(), &bin).unwrap();
+                std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+                (dir, bin)
+            })
+            .1
+    }
+
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(qbclient());
+        self.command_with(qbclient(), args)
+    }
+
+    fn command_with(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.arg(&self.service).args(args);
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -282,11 +319,16 @@ impl Fixture {
         parse_output(&self.command(args).output().unwrap())
     }
 
-    fn run_as(&self, uid: u32, gid: u32, args: &[&str]) -> Vec<Line> {
+    /// A client run as `uid`/`gid` (std drops the supplementary groups).
+    fn command_as(&self, uid: u32, gid: u32, args: &[&str]) -> Command {
         use std::os::unix::process::CommandExt;
-        let mut c = self.command(args);
-        c.uid(uid).gid(gid);
-        parse_output(&c.output().unwrap())
+        let mut c = self.command_with(self.user_client(), args);
+        c.uid(uid).gid(gid).current_dir("/");
+        c
+    }
+
+    fn run_as(&self, uid: u32, gid: u32, args: &[&str]) -> Vec<Line> {
+        parse_output(&self.command_as(uid, gid, args).output().unwrap())
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
@@ -518,19 +560,41 @@ fn big_replies() {
     // With a larger buffer the whole file arrives.
     let lines = f.run(&["bufsize", "2000000", "req", "6", &hex(&cstr("max.bin"))]);
     assert_eq!(reply(&lines), (OK, vec![b'm'; 1024 * 1024]));
-    // Whatever size the client asks for, it gets the server's 1 MiB.
-    for max in ["8192", "4000000"] {
-        let lines = f.run(&[
-            "--max",
-            max,
-            "bufsize",
-            "2000000",
-            "req",
-            "6",
-            &hex(&cstr("max.bin")),
-        ]);
-        assert_eq!(reply(&lines), (OK, vec![b'm'; 1024 * 1024]), "{max}");
-    }
+    // A client asking for more gets the server's 1 MiB, which still holds
+    // the whole file.
+    let lines = f.run(&[
+        "--max",
+        "4000000",
+        "bufsize",
+        "2000000",
+        "req",
+        "6",
+        &hex(&cstr("max.bin")),
+    ]);
+    assert_eq!(reply(&lines), (OK, vec![b'm'; 1024 * 1024]));
+    // A client asking for less (libqb asks for at least 12328 bytes) gets
+    // what it asked for: the reply does not fit its ring, ENOBUFS; small
+    // replies work.
+    let lines = f.run(&[
+        "--max",
+        "8192",
+        "bufsize",
+        "2000000",
+        "req",
+        "6",
+        &hex(&cstr("max.bin")),
+        "req",
+        "6",
+        &hex(&cstr("storage.cfg")),
+    ]);
+    assert!(
+        matches!(&lines[1], Line::Reply { error, .. } if *error == -libc::ENOBUFS),
+        "{lines:?}"
+    );
+    assert!(
+        matches!(&lines[2], Line::Reply { error: 0, .. }),
+        "{lines:?}"
+    );
     // The connection keeps working after a large reply.
     let lines = f.run(&["req", "6", &hex(&cstr("fits.bin")), "req", "1", "-"]);
     assert!(
@@ -1012,4 +1076,146 @@ fn truncated_shared_memory_does_not_crash_the_server() {
     );
     wait_for("session removed", || !dir.exists());
     assert_eq!(req(&f, 1, b"").0, OK);
+}
+
+/// Size of a ring's data file for a buffer of `max` bytes (page-rounded
+/// room for one message and its chunk header).
+fn data_file_size(max: u64) -> u64 {
+    (max + 13).next_multiple_of(4096)
+}
+
+#[test]
+fn shared_memory_follows_the_clients_buffer_size() {
+    let f = Fixture::new();
+    let mib = 1 << 20;
+    for (ask, granted) in [
+        (None, mib),
+        (Some(16384), 16384),
+        // libqb clients ask for at least a connection response.
+        (Some(100), 12328),
+        (Some(64 * mib), mib),
+    ] {
+        let ask_s = ask.map(|a: u64| a.to_string());
+        let mut args = vec![];
+        if let Some(a) = &ask_s {
+            args.extend(["--max", a.as_str()]);
+        }
+        args.extend(["maxsize", "req", "1", "-", "sleep", "20000"]);
+        let mut c = f.spawn(&args);
+        let pid = c.id();
+        wait_for("session created", || shm_dirs(pid).len() == 1);
+        let dir = shm_dirs(pid).remove(0);
+        let mut total = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            use std::os::unix::fs::MetadataExt;
+            let m = e.metadata().unwrap();
+            if name.ends_with("-data") {
+                assert_eq!(m.len(), data_file_size(granted), "{ask:?}: {name}");
+            } else {
+                // 8252 bytes as created (the libqb client sizes it to 8248).
+                assert!(m.len() <= 8252, "{ask:?}: {name} {}", m.len());
+            }
+            total += m.blocks() * 512;
+        }
+        // Three rings, each a header (3 pages) and the data file.
+        assert!(
+            total <= 3 * (12288 + data_file_size(granted)),
+            "{ask:?}: {total}"
+        );
+        c.kill().unwrap();
+        let lines = parse_output(&c.wait_with_output().unwrap());
+        assert_eq!(lines[1], Line::MaxSize(granted), "{ask:?}: {lines:?}");
+        assert!(
+            matches!(lines[2], Line::Reply { error: 0, .. }),
+            "{lines:?}"
+        );
+        wait_for("session removed", || !dir.exists());
+    }
+}
+
+/// A client that connects, makes one request and holds the connection.
+fn hold_as(f: &Fixture, uid: u32, gid: u32) -> Child {
+    let mut c = f.command_as(uid, gid, &["req", "1", "-", "sleep", "20000"]);
+    let c = c.spawn().unwrap();
+    let pid = c.id();
+    wait_for("held connection", || shm_dirs(pid).len() == 1);
+    c
+}
+
+fn release(children: Vec<Child>) {
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+const EAGAIN_CONNECT: Line = Line::ConnectFail(libc::EAGAIN);
+
+#[test]
+fn connection_caps_keep_room_for_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let f = Fixture::with_config(ServerConfig {
+        service_name: format!("pmxcfs-ipc-test-{}-caps", std::process::id()),
+        www_data_gid: WWW_DATA,
+        max_connections: 6,
+        root_reserved_connections: 2,
+        max_connections_per_user: 3,
+        ..ServerConfig::default()
+    });
+    let one = ["req", "1", "-"];
+    // www-data holds its three connections; a fourth is refused.
+    let mut held: Vec<Child> = (0..3).map(|_| hold_as(&f, WWW_DATA, WWW_DATA)).collect();
+    assert_eq!(f.run_as(WWW_DATA, WWW_DATA, &one), [EAGAIN_CONNECT]);
+    // Another user of group www-data gets the last one users other than
+    // root may have; then nobody but root gets one.
+    held.push(hold_as(&f, 1000, WWW_DATA));
+    assert_eq!(f.run_as(1001, WWW_DATA, &one), [EAGAIN_CONNECT]);
+    assert_eq!(f.run_as(0, WWW_DATA, &one)[0], Line::Connected);
+    assert_eq!(req(&f, 1, b"").0, OK);
+    // Root's two: one held, one more for a request; beyond that, none.
+    held.push(hold_as(&f, 0, 0));
+    assert_eq!(req(&f, 1, b"").0, OK);
+    held.push(hold_as(&f, 0, 0));
+    assert_eq!(f.run(&one), [EAGAIN_CONNECT]);
+    release(held);
+    // All given back.
+    wait_for("room again", || {
+        f.run_as(WWW_DATA, WWW_DATA, &one).first() == Some(&Line::Connected)
+    });
+    assert_eq!(req_as(&f, WWW_DATA, WWW_DATA, 1, b"").0, OK);
+}
+
+#[test]
+fn shared_memory_cap_per_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // Two 1 MiB connections (3 x 1064960 bytes each) fit, a third not.
+    let f = Fixture::with_config(ServerConfig {
+        service_name: format!("pmxcfs-ipc-test-{}-shm", std::process::id()),
+        www_data_gid: WWW_DATA,
+        max_shm_bytes_per_user: 7 << 20,
+        max_shm_bytes: 8 << 20,
+        ..ServerConfig::default()
+    });
+    let one = ["req", "1", "-"];
+    let held: Vec<Child> = (0..2).map(|_| hold_as(&f, WWW_DATA, WWW_DATA)).collect();
+    assert_eq!(f.run_as(WWW_DATA, WWW_DATA, &one), [EAGAIN_CONNECT]);
+    // A client asking for a small buffer still fits.
+    assert_eq!(
+        reply(&f.run_as(WWW_DATA, WWW_DATA, &["--max", "16384", "req", "1", "-"])).0,
+        OK
+    );
+    // Root is not limited.
+    assert_eq!(req(&f, 1, b"").0, OK);
+    release(held);
+    wait_for("room again", || {
+        f.run_as(WWW_DATA, WWW_DATA, &one).first() == Some(&Line::Connected)
+    });
 }

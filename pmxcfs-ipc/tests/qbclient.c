@@ -14,6 +14,7 @@
  *   FAIL <res>                    send/receive failed with res (negative errno)
  *   SENT <res>                    result of a send without receive
  *   REPEAT <ok> <usec>            result of a repeat command
+ *   MAXSIZE <n>                   buffer size the server granted
  *
  * Commands:
  *   req ID HEX        header {id, 16 + len} + payload, qb_ipcc_sendv_recv
@@ -22,6 +23,7 @@
  *   rawsend HEX       like raw but send only
  *   recv              qb_ipcc_recv one response (2 s timeout)
  *   bufsize N         receive buffer size for later commands (default 1 MiB)
+ *   maxsize           print the granted buffer size (qb_ipcc_get_buffer_size)
  *   repeat N ID HEX   N times req, print only the count of good replies
  *   sleep MS          sleep
  *   disconnect        qb_ipcc_disconnect (later commands need connect)
@@ -165,6 +167,8 @@ int main(int argc, char **argv) {
         } else if (strcmp(cmd, "bufsize") == 0) {
             rbuf_size = strtoul(arg(argc, argv, i++), NULL, 0);
             rbuf = realloc(rbuf, rbuf_size ? rbuf_size : 1);
+        } else if (strcmp(cmd, "maxsize") == 0) {
+            printf("MAXSIZE %d\n", qb_ipcc_get_buffer_size(conn));
         } else if (strcmp(cmd, "repeat") == 0) {
             long n = strtol(arg(argc, argv, i), NULL, 0);
             int32_t id = (int32_t)strtol(arg(argc, argv, i + 1), NULL, 0);

@@ -174,7 +174,39 @@ fn redirect_stdio_to_null() {
     }
 }
 
+/// Raise the soft RLIMIT_NOFILE to the hard limit (systemd gives services
+/// 1024 soft, 524288 hard; an unlimited hard limit means fs.nr_open): every
+/// IPC connection holds a descriptor, and the IPC server fits its connection
+/// caps to this limit.
+fn raise_nofile_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return;
+    }
+    let soft = r.rlim_cur;
+    r.rlim_cur = if r.rlim_max == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        r.rlim_max
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if soft < r.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        tracing::warn!(
+            "unable to raise RLIMIT_NOFILE from {soft} to {}",
+            r.rlim_cur
+        );
+    }
+}
+
 pub fn run(cli: Cli, log: LogControl) -> Result<()> {
+    raise_nofile_limit();
     let nodename = match &cli.nodename {
         Some(n) => n.clone(),
         None => uname_nodename()?,
@@ -297,6 +329,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
             service_name: cli.ipc_name.clone(),
             www_data_gid: gid.as_raw(),
             max_msg_size: pmxcfs_ipc::DEFAULT_MAX_MSG_SIZE,
+            ..Default::default()
         },
         memdb: memdb.clone(),
         ops: Arc::new(crate::ipc_glue::StatusBridge {
