@@ -218,13 +218,15 @@ impl CfsFs {
     fn plugin_attr(&self, p: Plugin) -> FileAttr {
         let ino = ino_of(Node::Plugin(p));
         let size = self.ctx.content(p).len() as u64;
-        match p {
+        let attr = match p {
             Plugin::Link(_) => {
                 let perm = if self.submit.quorate() { 0o755 } else { 0o555 };
                 self.base_attr(ino, FileType::Symlink, perm, size, 0)
             }
             _ => self.base_attr(ino, FileType::RegularFile, p.file_mode() & 0o750, size, 0),
-        }
+        };
+        // C: cfs-plug-func.c and cfs-plug-link.c getattr set no st_blocks
+        FileAttr { blocks: 0, ..attr }
     }
 
     fn attr_of(&self, ino: u64) -> Result<FileAttr, Errno> {
