@@ -1,9 +1,12 @@
-//! [`MemDb`]: the tree, its SQLite backend, the lock cache and the VM list
-//! behind one mutex, with [`MemDb::apply`] as the only write path.
+//! [`MemDb`]: the tree, its SQLite backend, the lock cache and the VM list,
+//! with [`MemDb::apply`] as the only write path. Writers are serialized by
+//! one mutex and commit to SQLite without blocking readers; readers take a
+//! read lock on the in-memory state only.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use pmxcfs_api_types::{
     now_secs, path_is_lockdir, Errno, FileKind, Inode, Operation, VmType, BLOCK_SIZE,
@@ -74,13 +77,13 @@ pub struct StatFs {
     pub namemax: u32,
 }
 
-struct Inner {
+/// What only writers touch: the SQLite backend and the write-side caches.
+/// Writers are serialized by the mutex around it.
+struct Writer {
     backend: Backend,
-    tree: Tree,
     /// Set once a database write failed; every later mutation gets EIO.
     errors: bool,
     locks: LockCache,
-    vmlist: VmList,
     /// Truncations answered to open(O_TRUNC) but not yet written, with the
     /// writer that asked. Applied by the first write of the opening handle
     /// (one transaction with it), at its close, or before anything else
@@ -88,9 +91,20 @@ struct Inner {
     deferred_trunc: HashMap<Inode, u32>,
 }
 
+/// What readers see: changed only by a writer (holding the writer mutex)
+/// after its SQLite commit, in one short write-locked step, so a reader
+/// never waits for a commit and never sees half a change.
+struct State {
+    tree: Tree,
+    vmlist: VmList,
+}
+
 /// The database. Cheap to share behind an `Arc`.
 pub struct MemDb {
-    inner: Mutex<Inner>,
+    writer: Mutex<Writer>,
+    state: RwLock<State>,
+    /// Number of deferred truncations (readers' fast path: 0, nothing owed).
+    deferred: AtomicUsize,
     observer: Option<Arc<dyn ChangeObserver>>,
 }
 
@@ -105,43 +119,52 @@ impl MemDb {
         path: &Path,
         observer: Option<Arc<dyn ChangeObserver>>,
     ) -> Result<Self, MemDbError> {
-        let (backend, tree) = Backend::open(path)?;
-        let mut inner = Inner {
-            backend,
-            tree,
-            errors: false,
-            locks: LockCache::default(),
-            vmlist: VmList::default(),
-            deferred_trunc: HashMap::new(),
-        };
-        let dups = inner.rebuild_vmlist();
+        let (backend, mut tree) = Backend::open(path)?;
+        let mut vmlist = VmList::default();
+        let dups = rebuild_vmlist(&tree, &mut vmlist);
         if !dups.is_empty() {
             return Err(MemDbError::Inconsistent {
                 path: path.to_path_buf(),
                 reason: format!("detected duplicate VMID(s) {dups:?}"),
             });
         }
-        inner.backend.init(&mut inner.tree)?;
-        inner.rebuild_locks();
+        backend.init(&mut tree)?;
+        let mut locks = LockCache::default();
+        rebuild_locks(&tree, &mut locks);
         if let Some(o) = &observer {
             o.reloaded();
         }
         tracing::debug!(
             "memdb open '{}' successful (version = {})",
             path.display(),
-            inner.tree.root().version
+            tree.root().version
         );
         Ok(MemDb {
-            inner: Mutex::new(inner),
+            writer: Mutex::new(Writer {
+                backend,
+                errors: false,
+                locks,
+                deferred_trunc: HashMap::new(),
+            }),
+            state: RwLock::new(State { tree, vmlist }),
+            deferred: AtomicUsize::new(0),
             observer,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the tree half-changed
-        // (mutations are applied after the database commit, as a whole), so
-        // a poisoned lock is safe to use.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    // A panic while holding a lock cannot leave the tree half-changed
+    // (mutations are applied after the database commit, as a whole), so a
+    // poisoned lock is safe to use.
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn changed(&self, path: &str) {
@@ -153,19 +176,19 @@ impl MemDb {
     /// Apply one mutation, as the node `writer` did it at `mtime`. Returns
     /// the byte count for writes and 0 for everything else.
     pub fn apply(&self, op: &Operation, writer: u32, mtime: u32) -> Result<usize, Errno> {
-        let mut inner = self.lock();
-        if inner.errors {
+        let mut w = self.lock_writer();
+        if w.errors {
             return Err(Errno::EIO);
         }
         // A deferred truncation of a file this operation touches happened
         // before it (its open was answered first).
-        if !inner.deferred_trunc.is_empty() {
-            self.settle_path(&mut inner, op.path())?;
+        if !w.deferred_trunc.is_empty() {
+            self.settle_path(&mut w, op.path())?;
             if let Operation::Rename { to, .. } = op {
-                self.settle_path(&mut inner, to)?;
+                self.settle_path(&mut w, to)?;
             }
         }
-        self.apply_locked(&mut inner, op, writer, mtime)
+        self.apply_locked(&mut w, op, writer, mtime)
     }
 
     /// open(O_TRUNC) of the file `inode`: the truncation is answered now and
@@ -176,16 +199,18 @@ impl MemDb {
     /// read, lookup or change of this file is answered. EIO when the
     /// database has failed (as the truncation itself would).
     pub fn defer_truncate(&self, inode: Inode, writer: u32) -> Result<(), Errno> {
-        let mut inner = self.lock();
-        if inner.errors {
+        let mut w = self.lock_writer();
+        if w.errors {
             return Err(Errno::EIO);
         }
-        match inner.tree.get(inode) {
+        match self.read_state().tree.get(inode) {
             None => return Err(Errno::ENOENT),
             Some(e) if e.is_dir() => return Err(Errno::EISDIR),
             Some(_) => {}
         }
-        inner.deferred_trunc.insert(inode, writer);
+        w.deferred_trunc.insert(inode, writer);
+        self.deferred
+            .store(w.deferred_trunc.len(), Ordering::Release);
         Ok(())
     }
 
@@ -199,8 +224,8 @@ impl MemDb {
         writer: u32,
         mtime: u32,
     ) -> Result<usize, Errno> {
-        let mut inner = self.lock();
-        if inner.errors {
+        let mut w = self.lock_writer();
+        if w.errors {
             return Err(Errno::EIO);
         }
         let Operation::Write {
@@ -210,13 +235,15 @@ impl MemDb {
             truncate,
         } = op
         else {
-            drop(inner);
+            drop(w);
             return self.apply(op, writer, mtime);
         };
-        let inode = inner.tree.lookup(normalize(path)).1;
-        let pending = inode.and_then(|i| inner.deferred_trunc.remove(&i).map(|w| (i, w)));
+        let inode = self.read_state().tree.lookup(normalize(path)).1;
+        let pending = inode.and_then(|i| w.deferred_trunc.remove(&i).map(|tw| (i, tw)));
+        self.deferred
+            .store(w.deferred_trunc.len(), Ordering::Release);
         let Some((inode, twriter)) = pending else {
-            return self.apply_locked(&mut inner, op, writer, mtime);
+            return self.apply_locked(&mut w, op, writer, mtime);
         };
         let res = if *offset == 0 {
             let merged = Operation::Write {
@@ -225,9 +252,9 @@ impl MemDb {
                 data: data.clone(),
                 truncate: true,
             };
-            self.apply_locked(&mut inner, &merged, writer, mtime)
+            self.apply_locked(&mut w, &merged, writer, mtime)
         } else {
-            self.apply_locked(&mut inner, &Self::truncation(path), twriter, mtime)
+            self.apply_locked(&mut w, &Self::truncation(path), twriter, mtime)
                 .and_then(|_| {
                     let rest = Operation::Write {
                         path: path.clone(),
@@ -235,12 +262,14 @@ impl MemDb {
                         data: data.clone(),
                         truncate: *truncate,
                     };
-                    self.apply_locked(&mut inner, &rest, writer, mtime)
+                    self.apply_locked(&mut w, &rest, writer, mtime)
                 })
         };
-        if res.is_err() && inner.tree.get(inode).is_some() {
+        if res.is_err() && self.read_state().tree.get(inode).is_some() {
             // not written: still owed, and the close reports it
-            inner.deferred_trunc.entry(inode).or_insert(twriter);
+            w.deferred_trunc.entry(inode).or_insert(twriter);
+            self.deferred
+                .store(w.deferred_trunc.len(), Ordering::Release);
         }
         res
     }
@@ -248,8 +277,11 @@ impl MemDb {
     /// Write a deferred truncation of `inode` now, if it is still owed
     /// (close or fsync of the handle that opened with O_TRUNC).
     pub fn settle_deferred_truncate(&self, inode: Inode) -> Result<(), Errno> {
-        let mut inner = self.lock();
-        self.settle_inode(&mut inner, inode)
+        if self.deferred.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let mut w = self.lock_writer();
+        self.settle_inode(&mut w, inode)
     }
 
     fn truncation(path: &str) -> Operation {
@@ -262,29 +294,30 @@ impl MemDb {
     }
 
     /// Apply the deferred truncation of `inode`, if any.
-    fn settle_inode(&self, inner: &mut Inner, inode: Inode) -> Result<(), Errno> {
-        let Some(&writer) = inner.deferred_trunc.get(&inode) else {
+    fn settle_inode(&self, w: &mut Writer, inode: Inode) -> Result<(), Errno> {
+        let Some(&writer) = w.deferred_trunc.get(&inode) else {
             return Ok(());
         };
-        let Some(path) = inner.tree.path_of(inode) else {
-            inner.deferred_trunc.remove(&inode);
-            return Ok(());
+        let path = self.read_state().tree.path_of(inode);
+        let res = match path {
+            None => Ok(()),
+            Some(path) => self
+                .apply_locked(w, &Self::truncation(&path), writer, now_secs())
+                .map(|_| ())
+                .inspect_err(|e| tracing::error!("deferred truncation of '{path}' failed: {e}")),
         };
-        match self.apply_locked(inner, &Self::truncation(&path), writer, now_secs()) {
-            Ok(_) => {
-                inner.deferred_trunc.remove(&inode);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!("deferred truncation of '{path}' failed: {e}");
-                Err(e)
-            }
+        if res.is_ok() {
+            w.deferred_trunc.remove(&inode);
+            self.deferred
+                .store(w.deferred_trunc.len(), Ordering::Release);
         }
+        res
     }
 
-    fn settle_path(&self, inner: &mut Inner, path: &str) -> Result<(), Errno> {
-        match inner.tree.lookup(normalize(path)).1 {
-            Some(i) => self.settle_inode(inner, i),
+    fn settle_path(&self, w: &mut Writer, path: &str) -> Result<(), Errno> {
+        let inode = self.read_state().tree.lookup(normalize(path)).1;
+        match inode {
+            Some(i) => self.settle_inode(w, i),
             None => Ok(()),
         }
     }
@@ -293,23 +326,29 @@ impl MemDb {
     /// any, is written (a reader never sees a file older than an answered
     /// open(O_TRUNC)). A failure is logged and the caller of the close
     /// sees it; the reader gets the content as it stands.
-    fn settle_for_read(&self, inner: &mut Inner, inode: Inode) {
-        if !inner.deferred_trunc.is_empty() {
-            let _ = self.settle_inode(inner, inode);
+    fn settle_for_read(&self, inode: Inode) {
+        if self.deferred.load(Ordering::Acquire) != 0 {
+            let mut w = self.lock_writer();
+            let _ = self.settle_inode(&mut w, inode);
         }
     }
 
-    /// Before a read that sees every file (statfs, index, checksum).
-    fn settle_all(&self, inner: &mut Inner) {
-        let owed: Vec<Inode> = inner.deferred_trunc.keys().copied().collect();
+    /// Before a read that sees every file (readdir, statfs, index,
+    /// checksum).
+    fn settle_all(&self) {
+        if self.deferred.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut w = self.lock_writer();
+        let owed: Vec<Inode> = w.deferred_trunc.keys().copied().collect();
         for i in owed {
-            let _ = self.settle_inode(inner, i);
+            let _ = self.settle_inode(&mut w, i);
         }
     }
 
     fn apply_locked(
         &self,
-        inner: &mut Inner,
+        w: &mut Writer,
         op: &Operation,
         writer: u32,
         mtime: u32,
@@ -321,7 +360,7 @@ impl MemDb {
                 data,
                 truncate,
             } => self.pwrite(
-                inner,
+                w,
                 normalize(path),
                 writer,
                 mtime,
@@ -331,26 +370,24 @@ impl MemDb {
                 false,
             ),
             Operation::Create { path } => {
-                self.pwrite(inner, normalize(path), writer, mtime, &[], 0, false, true)
+                self.pwrite(w, normalize(path), writer, mtime, &[], 0, false, true)
             }
-            Operation::Mkdir { path } => self.mkdir(inner, normalize(path), writer, mtime),
-            Operation::Delete { path } => self.delete(inner, normalize(path), writer, mtime),
+            Operation::Mkdir { path } => self.mkdir(w, normalize(path), writer, mtime),
+            Operation::Delete { path } => self.delete(w, normalize(path), writer, mtime),
             Operation::Rename { from, to } => {
-                self.rename(inner, normalize(from), normalize(to), writer, mtime)
+                self.rename(w, normalize(from), normalize(to), writer, mtime)
             }
-            Operation::Mtime { path, mtime } => {
-                self.set_mtime(inner, normalize(path), writer, *mtime)
-            }
+            Operation::Mtime { path, mtime } => self.set_mtime(w, normalize(path), writer, *mtime),
             // Only the lowest node id acts on a request; that decision needs
             // the membership and is made by the cluster layer.
             Operation::UnlockRequest { .. } => Ok(0),
             Operation::Unlock { path, csum } => {
                 let path = normalize(path);
-                let matches = inner.tree.lookup_entry(path).is_some_and(|e| {
+                let matches = self.read_state().tree.lookup_entry(path).is_some_and(|e| {
                     e.is_dir() && path_is_lockdir(path) && index::entry_csum(e) == *csum
                 });
                 if matches {
-                    self.delete(inner, path, writer, mtime)
+                    self.delete(w, path, writer, mtime)
                 } else {
                     Ok(0)
                 }
@@ -359,40 +396,50 @@ impl MemDb {
         .map(|n| n as usize)
     }
 
+    /// Write one change to SQLite (one transaction, the new global version
+    /// `version`). Nothing in memory changes here: on success the caller
+    /// publishes the change with [`MemDb::publish`].
     fn commit(
-        inner: &mut Inner,
+        w: &mut Writer,
+        version: u64,
         entry: Option<&Entry>,
         delete: Option<Inode>,
         writer: u32,
         mtime: u32,
-    ) -> Result<u64, Errno> {
-        let version = inner.tree.root().version + 1;
+    ) -> Result<(), Errno> {
         let root = RootRow {
             version,
             writer,
             mtime,
         };
-        if let Err(e) = inner.backend.write(&RowWrite {
+        if let Err(e) = w.backend.write(&RowWrite {
             entry,
             delete,
             root,
         }) {
             tracing::error!("{e}");
-            inner.errors = true;
+            w.errors = true;
             return Err(Errno::EIO);
         }
-        let r = inner.tree.root_mut();
+        Ok(())
+    }
+
+    /// Make a committed change visible: the root's version, writer and
+    /// mtime and the change itself, in one step for readers.
+    fn publish(&self, version: u64, writer: u32, mtime: u32, change: impl FnOnce(&mut State)) {
+        let mut st = self.write_state();
+        let r = st.tree.root_mut();
         r.version = version;
         r.writer = writer;
         r.mtime = mtime;
-        Ok(version)
+        change(&mut st);
     }
 
     /// Resolve the parent directory of a path for creating/changing `base`.
-    fn parent_dir<'a>(inner: &Inner, path: &'a str) -> Result<(Inode, &'a str, &'a str), Errno> {
+    fn parent_dir<'a>(tree: &Tree, path: &'a str) -> Result<(Inode, &'a str, &'a str), Errno> {
         let (dirname, base) = split_path(path);
-        let parent = inner.tree.lookup(dirname).1.ok_or(Errno::ENOENT)?;
-        if !inner.tree.get(parent).is_some_and(|p| p.is_dir()) {
+        let parent = tree.lookup(dirname).1.ok_or(Errno::ENOENT)?;
+        if !tree.get(parent).is_some_and(|p| p.is_dir()) {
             return Err(Errno::ENOTDIR);
         }
         if is_bad_name(base) {
@@ -404,7 +451,7 @@ impl MemDb {
     #[allow(clippy::too_many_arguments)]
     fn pwrite(
         &self,
-        inner: &mut Inner,
+        w: &mut Writer,
         path: &str,
         writer: u32,
         mtime: u32,
@@ -417,21 +464,18 @@ impl MemDb {
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
-        let (parent, _, base) = Self::parent_dir(inner, path)?;
+        let st = self.read_state();
+        let (parent, _, base) = Self::parent_dir(&st.tree, path)?;
         let vm = path_contains_vm_config(path);
         if let Some((node, vmtype, vmid)) = vm {
-            if inner.vmlist.different_vm_exists(vmtype, vmid, node) {
+            if st.vmlist.different_vm_exists(vmtype, vmid, node) {
                 return Err(Errno::EEXIST);
             }
         }
-        let version = inner.tree.root().version + 1;
+        let version = st.tree.root().version + 1;
         let end = end as usize;
         let offset = offset as usize;
-        let entry = match inner
-            .tree
-            .child(parent, base)
-            .and_then(|i| inner.tree.get(i))
-        {
+        let entry = match st.tree.child(parent, base).and_then(|i| st.tree.get(i)) {
             Some(old) => {
                 if old.is_dir() {
                     return Err(Errno::ENOTDIR);
@@ -478,21 +522,26 @@ impl MemDb {
                 }
             }
         };
-        Self::commit(inner, Some(&entry), None, writer, mtime)?;
-        inner.tree.insert(entry);
+        drop(st);
+        Self::commit(w, version, Some(&entry), None, writer, mtime)?;
+        self.publish(version, writer, mtime, |st| {
+            st.tree.insert(entry);
+            if let Some((node, vmtype, vmid)) = vm {
+                st.vmlist.register(vmtype, vmid, node);
+            }
+        });
         self.changed(path);
-        if let Some((node, vmtype, vmid)) = vm {
-            inner.vmlist.register(vmtype, vmid, node);
-        }
         Ok(data.len() as u32)
     }
 
-    fn mkdir(&self, inner: &mut Inner, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
-        let (parent, dirname, base) = Self::parent_dir(inner, path)?;
-        if inner.tree.child(parent, base).is_some() {
+    fn mkdir(&self, w: &mut Writer, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let st = self.read_state();
+        let (parent, dirname, base) = Self::parent_dir(&st.tree, path)?;
+        if st.tree.child(parent, base).is_some() {
             return Err(Errno::EEXIST);
         }
-        let version = inner.tree.root().version + 1;
+        let version = st.tree.root().version + 1;
+        drop(st);
         let entry = Entry {
             inode: Inode(version),
             parent,
@@ -504,56 +553,62 @@ impl MemDb {
             data: Vec::new(),
             children: Default::default(),
         };
-        Self::commit(inner, Some(&entry), None, writer, mtime)?;
+        Self::commit(w, version, Some(&entry), None, writer, mtime)?;
         if dirname == "priv/lock" {
             let csum = index::entry_csum(&entry);
-            inner.locks.reset(path, &csum, now_secs());
+            w.locks.reset(path, &csum, now_secs());
         }
-        inner.tree.insert(entry);
+        self.publish(version, writer, mtime, |st| st.tree.insert(entry));
         Ok(0)
     }
 
-    fn delete(&self, inner: &mut Inner, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
-        let (parent, inode) = inner.tree.lookup(path);
+    fn delete(&self, w: &mut Writer, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let st = self.read_state();
+        let (parent, inode) = st.tree.lookup(path);
         let inode = inode.ok_or(Errno::ENOENT)?;
         if parent.is_none() {
             return Err(Errno::EACCES);
         }
-        let entry = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
+        let entry = st.tree.get(inode).ok_or(Errno::ENOENT)?;
         let is_dir = entry.is_dir();
         if is_dir && !entry.children.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
-        Self::commit(inner, None, Some(inode), writer, mtime)?;
-        inner.tree.remove(inode);
+        let version = st.tree.root().version + 1;
+        drop(st);
+        Self::commit(w, version, None, Some(inode), writer, mtime)?;
         if is_dir {
-            inner.locks.remove(path);
+            w.locks.remove(path);
         }
-        self.changed(path);
-        // Only a file is a guest config (C also unregisters for a directory
-        // named like one; see README).
-        if !is_dir {
-            if let Some((_, _, vmid)) = path_contains_vm_config(path) {
-                inner.vmlist.delete(vmid);
+        self.publish(version, writer, mtime, |st| {
+            st.tree.remove(inode);
+            // Only a file is a guest config (C also unregisters for a
+            // directory named like one; see README).
+            if !is_dir {
+                if let Some((_, _, vmid)) = path_contains_vm_config(path) {
+                    st.vmlist.delete(vmid);
+                }
             }
-        }
+        });
+        self.changed(path);
         Ok(0)
     }
 
     fn rename(
         &self,
-        inner: &mut Inner,
+        w: &mut Writer,
         from: &str,
         to: &str,
         writer: u32,
         mtime: u32,
     ) -> Result<u32, Errno> {
-        let (from_parent, from_inode) = inner.tree.lookup(from);
+        let st = self.read_state();
+        let (from_parent, from_inode) = st.tree.lookup(from);
         let from_inode = from_inode.ok_or(Errno::ENOENT)?;
         if from_parent.is_none() {
             return Err(Errno::EACCES);
         }
-        let from_entry = inner.tree.get(from_inode).ok_or(Errno::ENOENT)?;
+        let from_entry = st.tree.get(from_inode).ok_or(Errno::ENOENT)?;
         let from_is_dir = from_entry.is_dir();
         let from_vm = path_contains_vm_config(from);
         let to_vm = if from_is_dir {
@@ -562,7 +617,7 @@ impl MemDb {
             path_contains_vm_config(to)
         };
         if let Some((node, vmtype, vmid)) = to_vm {
-            if inner.vmlist.different_vm_exists(vmtype, vmid, node)
+            if st.vmlist.different_vm_exists(vmtype, vmid, node)
                 && from_vm.is_none_or(|(_, _, fv)| fv != vmid)
             {
                 return Err(Errno::EEXIST);
@@ -571,12 +626,12 @@ impl MemDb {
         if from_is_dir && path_is_lockdir(from) {
             return Err(Errno::EACCES);
         }
-        let (target_dir, base, delete) = match inner.tree.lookup(to) {
+        let (target_dir, base, delete) = match st.tree.lookup(to) {
             (Some(to_parent), Some(to_inode)) => {
                 if to_inode == from_inode {
                     return Ok(0);
                 }
-                let t = inner.tree.get(to_inode).ok_or(Errno::ENOENT)?;
+                let t = st.tree.get(to_inode).ok_or(Errno::ENOENT)?;
                 if t.is_dir() && !t.children.is_empty() {
                     return Err(Errno::ENOTEMPTY);
                 }
@@ -585,8 +640,8 @@ impl MemDb {
             (None, Some(_)) => return Err(Errno::EACCES), // the root
             (_, None) => {
                 let (dirname, base) = split_path(to);
-                let dir = inner.tree.lookup(dirname).1.ok_or(Errno::ENOENT)?;
-                if !inner.tree.get(dir).is_some_and(|d| d.is_dir()) {
+                let dir = st.tree.lookup(dirname).1.ok_or(Errno::ENOENT)?;
+                if !st.tree.get(dir).is_some_and(|d| d.is_dir()) {
                     return Err(Errno::ENOTDIR);
                 }
                 if is_bad_name(base) {
@@ -599,7 +654,7 @@ impl MemDb {
         if from_is_dir && !from_entry.children.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
-        let version = inner.tree.root().version + 1;
+        let version = st.tree.root().version + 1;
         let entry = Entry {
             parent: target_dir,
             name: base,
@@ -610,42 +665,40 @@ impl MemDb {
             children: Default::default(),
             ..*from_entry
         };
-        Self::commit(inner, Some(&entry), delete, writer, mtime)?;
-        if let Some(d) = delete {
-            inner.tree.remove(d);
-        }
-        inner.tree.unlink_name(from_inode);
-        inner.tree.insert(entry);
+        drop(st);
+        Self::commit(w, version, Some(&entry), delete, writer, mtime)?;
+        self.publish(version, writer, mtime, |st| {
+            if let Some(d) = delete {
+                st.tree.remove(d);
+            }
+            st.tree.unlink_name(from_inode);
+            st.tree.insert(entry);
+            if !from_is_dir {
+                if let Some((_, _, vmid)) = from_vm {
+                    st.vmlist.delete(vmid);
+                }
+                if let Some((node, vmtype, vmid)) = to_vm {
+                    st.vmlist.register(vmtype, vmid, node);
+                }
+            }
+        });
         self.changed(from);
         self.changed(to);
-        if !from_is_dir {
-            if let Some((_, _, vmid)) = from_vm {
-                inner.vmlist.delete(vmid);
-            }
-            if let Some((node, vmtype, vmid)) = to_vm {
-                inner.vmlist.register(vmtype, vmid, node);
-            }
-        }
         Ok(0)
     }
 
-    fn set_mtime(
-        &self,
-        inner: &mut Inner,
-        path: &str,
-        writer: u32,
-        mtime: u32,
-    ) -> Result<u32, Errno> {
-        let (parent, dirname, base) = Self::parent_dir(inner, path)?;
-        let inode = inner.tree.child(parent, base).ok_or(Errno::ENOENT)?;
-        let old = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
+    fn set_mtime(&self, w: &mut Writer, path: &str, writer: u32, mtime: u32) -> Result<u32, Errno> {
+        let st = self.read_state();
+        let (parent, dirname, base) = Self::parent_dir(&st.tree, path)?;
+        let inode = st.tree.child(parent, base).ok_or(Errno::ENOENT)?;
+        let old = st.tree.get(inode).ok_or(Errno::ENOENT)?;
         let is_lock = dirname == "priv/lock" && old.is_dir();
         // utime(0, 0) is the unlock request, so a lock's mtime may only move
         // forward, and only by the node that holds it.
         if is_lock && (mtime < old.mtime || old.writer != writer) {
             return Err(Errno::EACCES);
         }
-        let version = inner.tree.root().version + 1;
+        let version = st.tree.root().version + 1;
         let entry = Entry {
             version,
             writer,
@@ -655,48 +708,55 @@ impl MemDb {
             children: Default::default(),
             ..*old
         };
-        Self::commit(inner, Some(&entry), None, writer, mtime)?;
+        drop(st);
+        Self::commit(w, version, Some(&entry), None, writer, mtime)?;
         if is_lock {
             let csum = index::entry_csum(&entry);
-            inner.locks.reset(path, &csum, now_secs());
+            w.locks.reset(path, &csum, now_secs());
         }
-        inner.tree.insert(entry);
+        self.publish(version, writer, mtime, |st| st.tree.insert(entry));
         self.changed(path);
         Ok(0)
     }
 
-    // ---- reads ----
+    // ---- reads: from the in-memory state, never waiting for a commit ----
 
     pub fn getattr(&self, path: &str) -> Option<EntryAttr> {
-        let mut inner = self.lock();
-        let i = inner.tree.lookup(normalize(path)).1?;
-        self.settle_for_read(&mut inner, i);
-        inner.tree.get(i).map(EntryAttr::of)
+        if self.deferred.load(Ordering::Acquire) != 0 {
+            let i = self.read_state().tree.lookup(normalize(path)).1?;
+            self.settle_for_read(i);
+        }
+        self.read_state()
+            .tree
+            .lookup_entry(normalize(path))
+            .map(EntryAttr::of)
     }
 
     pub fn getattr_inode(&self, inode: Inode) -> Option<EntryAttr> {
-        let mut inner = self.lock();
-        self.settle_for_read(&mut inner, inode);
-        inner.tree.get(inode).map(EntryAttr::of)
+        self.settle_for_read(inode);
+        self.read_state().tree.get(inode).map(EntryAttr::of)
     }
 
     pub fn lookup_child(&self, dir: Inode, name: &str) -> Option<EntryAttr> {
-        let mut inner = self.lock();
-        let i = inner.tree.child(dir, name)?;
-        self.settle_for_read(&mut inner, i);
-        inner.tree.get(i).map(EntryAttr::of)
+        if self.deferred.load(Ordering::Acquire) != 0 {
+            let i = self.read_state().tree.child(dir, name)?;
+            self.settle_for_read(i);
+        }
+        let st = self.read_state();
+        let i = st.tree.child(dir, name)?;
+        st.tree.get(i).map(EntryAttr::of)
     }
 
     /// Relative path of an inode (`""` for the root).
     pub fn path_of(&self, inode: Inode) -> Option<String> {
-        self.lock().tree.path_of(inode)
+        self.read_state().tree.path_of(inode)
     }
 
     /// Read up to `size` bytes at `offset` of a file.
     pub fn read_inode(&self, inode: Inode, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
-        let mut inner = self.lock();
-        self.settle_for_read(&mut inner, inode);
-        let e = inner.tree.get(inode).ok_or(Errno::ENOENT)?;
+        self.settle_for_read(inode);
+        let st = self.read_state();
+        let e = st.tree.get(inode).ok_or(Errno::ENOENT)?;
         if e.is_dir() {
             return Err(Errno::EISDIR);
         }
@@ -707,28 +767,27 @@ impl MemDb {
 
     /// The whole content of a file (`memdb_read`); None if missing or a dir.
     pub fn read(&self, path: &str) -> Option<Vec<u8>> {
-        let mut inner = self.lock();
-        let i = inner.tree.lookup(normalize(path)).1?;
-        self.settle_for_read(&mut inner, i);
-        inner
+        if self.deferred.load(Ordering::Acquire) != 0 {
+            let i = self.read_state().tree.lookup(normalize(path)).1?;
+            self.settle_for_read(i);
+        }
+        self.read_state()
             .tree
-            .get(i)
+            .lookup_entry(normalize(path))
             .filter(|e| !e.is_dir())
             .map(|e| e.data.clone())
     }
 
     /// The entries of a directory, sorted by name.
     pub fn readdir(&self, dir: Inode) -> Option<Vec<DirEntry>> {
-        let mut inner = self.lock();
-        if !inner.deferred_trunc.is_empty() {
-            self.settle_all(&mut inner);
-        }
-        let d = inner.tree.get(dir).filter(|d| d.is_dir())?;
+        self.settle_all();
+        let st = self.read_state();
+        let d = st.tree.get(dir).filter(|d| d.is_dir())?;
         Some(
             d.children
                 .iter()
                 .filter_map(|(name, i)| {
-                    inner.tree.get(*i).map(|e| DirEntry {
+                    st.tree.get(*i).map(|e| DirEntry {
                         name: name.clone(),
                         attr: EntryAttr::of(e),
                     })
@@ -738,10 +797,10 @@ impl MemDb {
     }
 
     pub fn statfs(&self) -> StatFs {
-        let mut inner = self.lock();
-        self.settle_all(&mut inner);
-        let size: u64 = inner.tree.entries.values().map(|e| e.size() as u64).sum();
-        let files = inner.tree.entries.len() as u64;
+        self.settle_all();
+        let st = self.read_state();
+        let size: u64 = st.tree.entries.values().map(|e| e.size() as u64).sum();
+        let files = st.tree.entries.len() as u64;
         let blocks = MAX_FS_SIZE.div_ceil(BLOCK_SIZE);
         StatFs {
             bsize: BLOCK_SIZE,
@@ -755,102 +814,107 @@ impl MemDb {
 
     /// The global version (root version).
     pub fn version(&self) -> u64 {
-        self.lock().tree.root().version
+        self.read_state().tree.root().version
     }
 
     /// `memdb_encode_index`.
     pub fn encode_index(&self) -> Vec<u8> {
-        let mut inner = self.lock();
-        self.settle_all(&mut inner);
-        index::encode_index(&inner.tree)
+        self.settle_all();
+        index::encode_index(&self.read_state().tree)
     }
 
     /// `memdb_compute_checksum` (the VERIFY checksum).
     pub fn compute_checksum(&self) -> [u8; 32] {
-        let mut inner = self.lock();
-        self.settle_all(&mut inner);
-        index::compute_checksum(&inner.tree)
+        self.settle_all();
+        index::compute_checksum(&self.read_state().tree)
     }
 
     /// `memdb_tree_entry_csum` of the entry at `path`.
     pub fn entry_csum(&self, path: &str) -> Option<[u8; 32]> {
-        let mut inner = self.lock();
-        let i = inner.tree.lookup(normalize(path)).1?;
-        self.settle_for_read(&mut inner, i);
-        inner.tree.get(i).map(index::entry_csum)
+        if self.deferred.load(Ordering::Acquire) != 0 {
+            let i = self.read_state().tree.lookup(normalize(path)).1?;
+            self.settle_for_read(i);
+        }
+        self.read_state()
+            .tree
+            .lookup_entry(normalize(path))
+            .map(index::entry_csum)
     }
 
     /// Is the lock at `path` (with checksum `csum`) older than 120 s on this
     /// node? (`memdb_lock_expired`)
     pub fn lock_expired(&self, path: &str, csum: &[u8; 32]) -> bool {
-        self.lock().locks.expired(normalize(path), csum, now_secs())
+        self.lock_writer()
+            .locks
+            .expired(normalize(path), csum, now_secs())
     }
 
     /// The VM list version and the number of guests.
     pub fn vmlist_version(&self) -> (u64, usize) {
-        let inner = self.lock();
-        (inner.vmlist.version, inner.vmlist.len())
+        let st = self.read_state();
+        (st.vmlist.version, st.vmlist.len())
     }
 
     /// The VM list: its version and the entries sorted by VMID.
     pub fn vmlist(&self) -> (u64, Vec<VmEntry>) {
-        let inner = self.lock();
-        (inner.vmlist.version, inner.vmlist.sorted())
+        let st = self.read_state();
+        (st.vmlist.version, st.vmlist.sorted())
     }
 
     /// Merge the WAL into the main file (clean shutdown).
     pub fn checkpoint(&self) {
-        if let Err(e) = self.lock().backend.checkpoint() {
+        if let Err(e) = self.lock_writer().backend.checkpoint() {
             tracing::warn!("{e}");
         }
     }
 }
 
-impl Inner {
-    /// `memdb_recreate_vmlist`: returns the duplicated VMIDs.
-    fn rebuild_vmlist(&mut self) -> Vec<u32> {
-        let mut found = Vec::new();
-        if let Some(nodes) = self.tree.lookup_entry("nodes").filter(|e| e.is_dir()) {
-            for (node_name, node_inode) in &nodes.children {
-                let Some(node) = self.tree.get(*node_inode).filter(|e| e.is_dir()) else {
+/// `memdb_recreate_vmlist`: returns the duplicated VMIDs.
+fn rebuild_vmlist(tree: &Tree, vmlist: &mut VmList) -> Vec<u32> {
+    let mut found = Vec::new();
+    if let Some(nodes) = tree.lookup_entry("nodes").filter(|e| e.is_dir()) {
+        for (node_name, node_inode) in &nodes.children {
+            let Some(node) = tree.get(*node_inode).filter(|e| e.is_dir()) else {
+                continue;
+            };
+            for vmtype in [VmType::Qemu, VmType::Openvz, VmType::Lxc] {
+                let dir = format!("nodes/{node_name}/{}", vmtype.dir_name());
+                if dir_contains_vm_config(&dir).is_none() {
+                    continue;
+                }
+                let Some(sub) = node
+                    .children
+                    .get(vmtype.dir_name())
+                    .and_then(|i| tree.get(*i))
+                    .filter(|e| e.is_dir())
+                else {
                     continue;
                 };
-                for vmtype in [VmType::Qemu, VmType::Openvz, VmType::Lxc] {
-                    let dir = format!("nodes/{node_name}/{}", vmtype.dir_name());
-                    if dir_contains_vm_config(&dir).is_none() {
-                        continue;
-                    }
-                    let Some(sub) = node
-                        .children
-                        .get(vmtype.dir_name())
-                        .and_then(|i| self.tree.get(*i))
-                        .filter(|e| e.is_dir())
-                    else {
-                        continue;
-                    };
-                    for (name, i) in &sub.children {
-                        if self.tree.get(*i).is_some_and(|e| !e.is_dir()) {
-                            if let Some(vmid) = crate::path::name_is_vm_config(name) {
-                                found.push((vmtype, vmid, node_name.clone()));
-                            }
+                for (name, i) in &sub.children {
+                    if tree.get(*i).is_some_and(|e| !e.is_dir()) {
+                        if let Some(vmid) = crate::path::name_is_vm_config(name) {
+                            found.push((vmtype, vmid, node_name.clone()));
                         }
                     }
                 }
             }
         }
-        self.vmlist.rebuild(found)
+    } else {
+        // C: without a `nodes` dir the list and its version stay as they are
+        return Vec::new();
     }
+    vmlist.rebuild(found)
+}
 
-    /// `memdb_update_locks`: every lock dir, first seen now.
-    fn rebuild_locks(&mut self) {
-        let mut locks = Vec::new();
-        if let Some(dir) = self.tree.lookup_entry("priv/lock").filter(|e| e.is_dir()) {
-            for (name, i) in &dir.children {
-                if let Some(e) = self.tree.get(*i).filter(|e| e.is_dir()) {
-                    locks.push((format!("priv/lock/{name}"), index::entry_csum(e)));
-                }
+/// `memdb_update_locks`: every lock dir, first seen now.
+fn rebuild_locks(tree: &Tree, locks: &mut LockCache) {
+    let mut found = Vec::new();
+    if let Some(dir) = tree.lookup_entry("priv/lock").filter(|e| e.is_dir()) {
+        for (name, i) in &dir.children {
+            if let Some(e) = tree.get(*i).filter(|e| e.is_dir()) {
+                found.push((format!("priv/lock/{name}"), index::entry_csum(e)));
             }
         }
-        self.locks.replace_all(locks, now_secs());
     }
+    locks.replace_all(found, now_secs());
 }
