@@ -42,6 +42,9 @@ pub struct EntryAttr {
     pub kind: FileKind,
     pub size: u32,
     pub name: String,
+    /// Removed from the tree (unlinked or renamed over) while open: only
+    /// its handles still reach it (st_nlink 0).
+    pub detached: bool,
 }
 
 impl EntryAttr {
@@ -55,6 +58,7 @@ impl EntryAttr {
             kind: e.kind,
             size: e.size(),
             name: e.name.clone(),
+            detached: false,
         }
     }
 }
@@ -97,6 +101,28 @@ struct Writer {
 struct State {
     tree: Tree,
     vmlist: VmList,
+    /// Open handles per file (FUSE open/create .. release).
+    open: HashMap<Inode, usize>,
+    /// Files removed from the tree while open: their content, shared by
+    /// all their handles until the last is released (POSIX; the C daemon
+    /// gets this from libfuse's `.fuse_hidden*` files). Inode numbers are
+    /// never reused, so the inode keeps naming it.
+    detached: HashMap<Inode, Entry>,
+}
+
+impl State {
+    /// Remove `inode` from the tree; keep it detached if it is open.
+    fn remove(&mut self, inode: Inode) {
+        if let Some(e) = self.tree.remove(inode) {
+            if self.open.contains_key(&inode) && !e.is_dir() {
+                self.detached.insert(inode, e);
+            }
+        }
+    }
+
+    fn file(&self, inode: Inode) -> Option<&Entry> {
+        self.tree.get(inode).or_else(|| self.detached.get(&inode))
+    }
 }
 
 /// The database. Cheap to share behind an `Arc`.
@@ -146,7 +172,12 @@ impl MemDb {
                 locks,
                 deferred_trunc: HashMap::new(),
             }),
-            state: RwLock::new(State { tree, vmlist }),
+            state: RwLock::new(State {
+                tree,
+                vmlist,
+                open: HashMap::new(),
+                detached: HashMap::new(),
+            }),
             deferred: AtomicUsize::new(0),
             observer,
         })
@@ -180,15 +211,26 @@ impl MemDb {
         if w.errors {
             return Err(Errno::EIO);
         }
-        // A deferred truncation of a file this operation touches happened
-        // before it (its open was answered first).
+        self.apply_settled(&mut w, op, writer, mtime)
+    }
+
+    /// [`MemDb::apply`] under the writer lock: a deferred truncation of a
+    /// file the operation touches happened before it (its open was
+    /// answered first), so it is written first.
+    fn apply_settled(
+        &self,
+        w: &mut Writer,
+        op: &Operation,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<usize, Errno> {
         if !w.deferred_trunc.is_empty() {
-            self.settle_path(&mut w, op.path())?;
+            self.settle_path(w, op.path())?;
             if let Operation::Rename { to, .. } = op {
-                self.settle_path(&mut w, to)?;
+                self.settle_path(w, to)?;
             }
         }
-        self.apply_locked(&mut w, op, writer, mtime)
+        self.apply_locked(w, op, writer, mtime)
     }
 
     /// open(O_TRUNC) of the file `inode`: the truncation is answered now and
@@ -228,6 +270,16 @@ impl MemDb {
         if w.errors {
             return Err(Errno::EIO);
         }
+        self.write_after_trunc_locked(&mut w, op, writer, mtime)
+    }
+
+    fn write_after_trunc_locked(
+        &self,
+        w: &mut Writer,
+        op: &Operation,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<usize, Errno> {
         let Operation::Write {
             path,
             offset,
@@ -235,15 +287,14 @@ impl MemDb {
             truncate,
         } = op
         else {
-            drop(w);
-            return self.apply(op, writer, mtime);
+            return self.apply_settled(w, op, writer, mtime);
         };
         let inode = self.read_state().tree.lookup(normalize(path)).1;
         let pending = inode.and_then(|i| w.deferred_trunc.remove(&i).map(|tw| (i, tw)));
         self.deferred
             .store(w.deferred_trunc.len(), Ordering::Release);
         let Some((inode, twriter)) = pending else {
-            return self.apply_locked(&mut w, op, writer, mtime);
+            return self.apply_locked(w, op, writer, mtime);
         };
         let res = if *offset == 0 {
             let merged = Operation::Write {
@@ -252,9 +303,9 @@ impl MemDb {
                 data: data.clone(),
                 truncate: true,
             };
-            self.apply_locked(&mut w, &merged, writer, mtime)
+            self.apply_locked(w, &merged, writer, mtime)
         } else {
-            self.apply_locked(&mut w, &Self::truncation(path), twriter, mtime)
+            self.apply_locked(w, &Self::truncation(path), twriter, mtime)
                 .and_then(|_| {
                     let rest = Operation::Write {
                         path: path.clone(),
@@ -262,7 +313,7 @@ impl MemDb {
                         data: data.clone(),
                         truncate: *truncate,
                     };
-                    self.apply_locked(&mut w, &rest, writer, mtime)
+                    self.apply_locked(w, &rest, writer, mtime)
                 })
         };
         if res.is_err() && self.read_state().tree.get(inode).is_some() {
@@ -282,6 +333,82 @@ impl MemDb {
         }
         let mut w = self.lock_writer();
         self.settle_inode(&mut w, inode)
+    }
+
+    /// A handle is opened on the file `inode` (FUSE open or create): while
+    /// any is open, removing the file from the tree keeps it detached for
+    /// them. ENOENT if it is gone.
+    pub fn open_file(&self, inode: Inode) -> Result<(), Errno> {
+        let mut st = self.write_state();
+        if st.file(inode).is_none() {
+            return Err(Errno::ENOENT);
+        }
+        *st.open.entry(inode).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// A handle of `inode` is released; the last one drops a detached file.
+    pub fn release_file(&self, inode: Inode) {
+        let mut st = self.write_state();
+        if let Some(n) = st.open.get_mut(&inode) {
+            *n -= 1;
+            if *n == 0 {
+                st.open.remove(&inode);
+                st.detached.remove(&inode);
+            }
+        }
+    }
+
+    /// A write through an open handle of the file `inode`: to the file
+    /// wherever it is in the tree now (resolved and applied under the
+    /// writer lock, so a concurrent rename cannot redirect it), or, once
+    /// detached, to the detached content (in memory only: nobody else can
+    /// see it). `after_open_trunc`: the handle's first write after
+    /// open(O_TRUNC) ([`MemDb::write_after_deferred_truncate`]). An empty
+    /// write with `truncate` is a truncation (ftruncate).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_inode(
+        &self,
+        inode: Inode,
+        offset: u64,
+        data: &[u8],
+        truncate: bool,
+        after_open_trunc: bool,
+        writer: u32,
+        mtime: u32,
+    ) -> Result<usize, Errno> {
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let mut w = self.lock_writer();
+        // Detaching happens only under the writer lock: this check holds.
+        if self.read_state().detached.contains_key(&inode) {
+            let mut st = self.write_state();
+            let e = st.detached.get_mut(&inode).ok_or(Errno::ENOENT)?;
+            let (offset, end) = (offset as usize, end as usize);
+            if truncate || end > e.data.len() {
+                let keep = if truncate { end } else { end.max(e.data.len()) };
+                e.data.resize(keep, 0);
+            }
+            e.data[offset..end].copy_from_slice(data);
+            return Ok(data.len());
+        }
+        if w.errors {
+            return Err(Errno::EIO);
+        }
+        let path = self.read_state().tree.path_of(inode).ok_or(Errno::ENOENT)?;
+        let op = Operation::Write {
+            path,
+            offset,
+            data: data.to_vec(),
+            truncate,
+        };
+        if after_open_trunc {
+            self.write_after_trunc_locked(&mut w, &op, writer, mtime)
+        } else {
+            self.apply_settled(&mut w, &op, writer, mtime)
+        }
     }
 
     fn truncation(path: &str) -> Operation {
@@ -581,7 +708,7 @@ impl MemDb {
             w.locks.remove(path);
         }
         self.publish(version, writer, mtime, |st| {
-            st.tree.remove(inode);
+            st.remove(inode);
             // Only a file is a guest config (C also unregisters for a
             // directory named like one; see README).
             if !is_dir {
@@ -669,7 +796,7 @@ impl MemDb {
         Self::commit(w, version, Some(&entry), delete, writer, mtime)?;
         self.publish(version, writer, mtime, |st| {
             if let Some(d) = delete {
-                st.tree.remove(d);
+                st.remove(d);
             }
             st.tree.unlink_name(from_inode);
             st.tree.insert(entry);
@@ -732,9 +859,17 @@ impl MemDb {
             .map(EntryAttr::of)
     }
 
+    /// Attributes of an entry of the tree or of a detached open file.
     pub fn getattr_inode(&self, inode: Inode) -> Option<EntryAttr> {
         self.settle_for_read(inode);
-        self.read_state().tree.get(inode).map(EntryAttr::of)
+        let st = self.read_state();
+        match st.tree.get(inode) {
+            Some(e) => Some(EntryAttr::of(e)),
+            None => st.detached.get(&inode).map(|e| EntryAttr {
+                detached: true,
+                ..EntryAttr::of(e)
+            }),
+        }
     }
 
     pub fn lookup_child(&self, dir: Inode, name: &str) -> Option<EntryAttr> {
@@ -752,11 +887,12 @@ impl MemDb {
         self.read_state().tree.path_of(inode)
     }
 
-    /// Read up to `size` bytes at `offset` of a file.
+    /// Read up to `size` bytes at `offset` of a file (in the tree or
+    /// detached and still open).
     pub fn read_inode(&self, inode: Inode, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
         self.settle_for_read(inode);
         let st = self.read_state();
-        let e = st.tree.get(inode).ok_or(Errno::ENOENT)?;
+        let e = st.file(inode).ok_or(Errno::ENOENT)?;
         if e.is_dir() {
             return Err(Errno::EISDIR);
         }

@@ -26,6 +26,8 @@ pub mod vmlist;
 #[cfg(test)]
 mod deferred_tests;
 #[cfg(test)]
+mod open_tests;
+#[cfg(test)]
 mod tests;
 
 pub use db::{ChangeObserver, DirEntry, EntryAttr, MemDb, StatFs};

@@ -35,10 +35,19 @@ pub trait Submit: Send + Sync {
         .map(|_| ())
     }
 
-    /// The first write through a handle opened with O_TRUNC.
-    fn write_after_open_truncate(&self, op: Operation) -> Result<usize, Errno> {
-        self.submit(op)
-    }
+    /// A write (or, empty with `truncate`, a truncation) through an open
+    /// handle of the file `inode`, wherever that file is now, or to its
+    /// detached content once it was unlinked or replaced
+    /// ([`MemDb::write_inode`]). `after_open_trunc`: the handle's first
+    /// write after open(O_TRUNC).
+    fn write_inode(
+        &self,
+        inode: Inode,
+        offset: u64,
+        data: &[u8],
+        truncate: bool,
+        after_open_trunc: bool,
+    ) -> Result<usize, Errno>;
 
     /// The handle opened with O_TRUNC is flushed (close, fsync): a deferred
     /// truncation still owed is applied now.
@@ -95,8 +104,23 @@ impl Submit for LocalSubmitter {
         self.memdb.defer_truncate(inode, 0)
     }
 
-    fn write_after_open_truncate(&self, op: Operation) -> Result<usize, Errno> {
-        self.memdb.write_after_deferred_truncate(&op, 0, now_secs())
+    fn write_inode(
+        &self,
+        inode: Inode,
+        offset: u64,
+        data: &[u8],
+        truncate: bool,
+        after_open_trunc: bool,
+    ) -> Result<usize, Errno> {
+        self.memdb.write_inode(
+            inode,
+            offset,
+            data,
+            truncate,
+            after_open_trunc,
+            0,
+            now_secs(),
+        )
     }
 
     fn settle_open_truncate(&self, inode: Inode) -> Result<(), Errno> {

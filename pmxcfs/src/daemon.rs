@@ -43,6 +43,11 @@ fn lookup_node_ip(nodename: &str) -> Option<IpAddr> {
     })
 }
 
+/// Threads serving FUSE requests, each on its own clone of the /dev/fuse
+/// descriptor: a request that waits (a commit, later a cluster round trip)
+/// holds one of them, the others keep serving.
+const FUSE_THREADS: usize = 4;
+
 /// Take the instance lock: 10 retries one second apart (exit 255 after).
 fn acquire_lock(path: &Path) -> Result<Flock<File>> {
     let mut file = OpenOptions::new()
@@ -302,12 +307,15 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
 
     let _ = nix::mount::umount2(&cli.mount, nix::mount::MntFlags::MNT_FORCE);
     let _ = std::fs::DirBuilder::new().mode(0o750).create(&cli.mount);
-    let options = [
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
         MountOption::FSName("/dev/fuse".into()),
-        MountOption::AllowOther,
         MountOption::DefaultPermissions,
     ];
-    let mut session = fuser::Session::new(fs, &cli.mount, &options)
+    config.acl = fuser::SessionACL::All; // allow_other
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(fs, &cli.mount, &config)
         .with_context(|| format!("fuse_mount error on '{}'", cli.mount.display()))?;
     let unmounter = session.unmount_callable();
 
@@ -431,7 +439,7 @@ async fn serve(s: Serve<'_>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let Serve {
-        mut session,
+        session,
         mut unmounter,
         mount,
         ready,
@@ -449,8 +457,8 @@ async fn serve(s: Serve<'_>) -> Result<()> {
     let fuse = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
+            // runs FUSE_THREADS threads; unmounts and returns at the end
             let r = session.run();
-            drop(session);
             let _ = done_tx.send(true);
             r
         })

@@ -2,15 +2,23 @@
 //! [`Operation`]s submitted through [`Submit`], and plugin reads/writes.
 //! No logic of its own beyond naming, modes and the plugin overlay
 //! (pmxcfs.c fuse ops, cfs-plug-memdb.c, cfs-plug.c).
+//!
+//! Requests are served by several threads at once (fuser's multi-threaded
+//! session, one cloned /dev/fuse descriptor each): every method takes
+//! `&self`. Ordering and atomicity live in memdb (one writer at a time,
+//! readers never wait for a commit); the only state here is the table of
+//! open handles, behind a mutex held for a map operation at a time.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use pmxcfs_api_types::{
@@ -21,7 +29,7 @@ use pmxcfs_memdb::{EntryAttr, Submit};
 use crate::plugins::{Plugin, PluginCtx};
 
 /// FUSE inode of the root.
-const ROOT_INO: u64 = fuser::FUSE_ROOT_ID;
+const ROOT_INO: u64 = fuser::INodeNo::ROOT.0;
 /// FUSE inodes of plugin entries start here (database inodes are versions,
 /// far below this).
 const PLUGIN_INO_BASE: u64 = 1 << 62;
@@ -33,7 +41,6 @@ const MAX_WRITE: u32 = MAX_FILE_SIZE as u32;
 /// The C daemon gets writes in 128 KiB requests; each that ends past 1 MiB
 /// fails on its own (see [`accepted_len`]).
 const C_WRITE_CHUNK: usize = 128 * 1024;
-const FOPEN_DIRECT_IO: u32 = 1;
 /// Longest entry name (the kernel's FUSE_NAME_MAX for the C daemon).
 const FUSE_NAME_MAX: usize = 1024;
 
@@ -102,36 +109,16 @@ fn accepted_len(offset: u64, len: usize) -> usize {
     accepted
 }
 
-/// An open file: database files are read live; plugin files from the
-/// snapshot taken at open.
+/// An open file.
 enum Handle {
-    Plugin(Vec<u8>),
-    /// A database file or directory. `trunc_owed`: opened with O_TRUNC and
-    /// neither written nor flushed through this handle yet; its first write
-    /// goes through [`Submit::write_after_open_truncate`] so that the
-    /// truncation and the write can be one transaction.
-    Db {
-        ino: u64,
-        trunc_owed: bool,
-    },
-}
-
-/// The open handles of one database file, by FUSE inode.
-#[derive(Default)]
-struct OpenFile {
-    handles: usize,
-    /// Set when the file is unlinked or replaced by a rename while open.
-    orphan: Option<Orphan>,
-}
-
-/// A file unlinked (or replaced by a rename) while handles were open on
-/// it: its content at that moment, one copy shared by all of its handles,
-/// still readable and writable through them, as POSIX wants (the C daemon
-/// gets this from libfuse's `.fuse_hidden*` files, which show in the tree).
-/// Inode numbers are never reused, so the FUSE inode keeps naming it.
-struct Orphan {
-    attr: FileAttr,
-    data: Vec<u8>,
+    /// A plugin file: its content at open.
+    Plugin(Arc<Vec<u8>>),
+    /// A database file, read live from memdb (also once it is unlinked or
+    /// renamed over: memdb keeps it detached while handles are open).
+    /// `trunc_owed`: opened with O_TRUNC and neither written nor flushed
+    /// through this handle yet, so its first write may carry the
+    /// truncation ([`Submit::write_inode`]).
+    Db { inode: Inode, trunc_owed: bool },
 }
 
 /// Plain reads of a byte snapshot.
@@ -141,13 +128,20 @@ fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
     &data[start..end]
 }
 
+fn fe(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+struct Handles {
+    map: HashMap<u64, Handle>,
+    next_fh: u64,
+}
+
 pub struct CfsFs {
     submit: Arc<dyn Submit>,
     ctx: PluginCtx,
     gid: u32,
-    handles: HashMap<u64, Handle>,
-    open: HashMap<u64, OpenFile>,
-    next_fh: u64,
+    handles: Mutex<Handles>,
 }
 
 impl CfsFs {
@@ -156,15 +150,21 @@ impl CfsFs {
             submit,
             ctx,
             gid,
-            handles: HashMap::new(),
-            open: HashMap::new(),
-            next_fh: 1,
+            handles: Mutex::new(Handles {
+                map: HashMap::new(),
+                next_fh: 1,
+            }),
         }
+    }
+
+    fn handles(&self) -> MutexGuard<'_, Handles> {
+        // Map operations cannot be left half done: a poisoned lock is fine.
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn base_attr(&self, ino: u64, kind: FileType, perm: u16, size: u64, mtime: u32) -> FileAttr {
         FileAttr {
-            ino,
+            ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(BLOCK_SIZE),
             atime: ts(mtime),
@@ -188,7 +188,11 @@ impl CfsFs {
         if a.inode == Inode::ROOT {
             return self.base_attr(ROOT_INO, FileType::Directory, 0o755, 0, 0);
         }
-        let path = self.ctx.memdb.path_of(a.inode).unwrap_or_default();
+        let path = if a.detached {
+            String::new()
+        } else {
+            self.ctx.memdb.path_of(a.inode).unwrap_or_default()
+        };
         let (kind, mut perm) = match a.kind {
             FileKind::Dir => (FileType::Directory, if quorate { 0o777 } else { 0o555 }),
             FileKind::File => {
@@ -206,13 +210,17 @@ impl CfsFs {
         } else {
             0o750
         };
-        self.base_attr(
+        let mut attr = self.base_attr(
             ino_of(Node::Db(a.inode)),
             kind,
             perm,
             u64::from(a.size),
             a.mtime,
-        )
+        );
+        if a.detached {
+            attr.nlink = 0;
+        }
+        attr
     }
 
     fn plugin_attr(&self, p: Plugin) -> FileAttr {
@@ -281,8 +289,8 @@ impl CfsFs {
 
     fn entry_reply(&self, path: &str, reply: ReplyEntry) {
         match self.ctx.memdb.getattr(path) {
-            Some(a) => reply.entry(&TTL, &self.db_attr(&a), 0),
-            None => reply.error(libc::ENOENT),
+            Some(a) => reply.entry(&TTL, &self.db_attr(&a), Generation(0)),
+            None => reply.error(fuser::Errno::ENOENT),
         }
     }
 
@@ -299,78 +307,35 @@ impl CfsFs {
         self.ctx.memdb.getattr(&path).ok_or(Errno::ENOENT)
     }
 
-    fn new_handle(&mut self, h: Handle) -> u64 {
-        let fh = self.next_fh;
-        self.next_fh += 1;
-        if let Handle::Db { ino, .. } = h {
-            self.open.entry(ino).or_default().handles += 1;
-        }
-        self.handles.insert(fh, h);
+    fn new_handle(&self, h: Handle) -> u64 {
+        let mut hs = self.handles();
+        let fh = hs.next_fh;
+        hs.next_fh += 1;
+        hs.map.insert(fh, h);
         fh
-    }
-
-    fn drop_handle(&mut self, fh: u64) -> Option<Handle> {
-        let h = self.handles.remove(&fh)?;
-        if let Handle::Db { ino, .. } = h {
-            if let Some(f) = self.open.get_mut(&ino) {
-                f.handles -= 1;
-                if f.handles == 0 {
-                    self.open.remove(&ino);
-                }
-            }
-        }
-        Some(h)
-    }
-
-    fn orphan(&self, ino: u64) -> Option<&Orphan> {
-        self.open.get(&ino).and_then(|f| f.orphan.as_ref())
-    }
-
-    /// Before removing or replacing the file at `path`: if handles are open
-    /// on it, its FUSE inode and an [`Orphan`] of it. One copy, whatever
-    /// the number of handles.
-    fn open_file_snapshot(&self, path: &str) -> Option<(u64, Orphan)> {
-        let a = self
-            .ctx
-            .memdb
-            .getattr(path)
-            .filter(|a| a.kind == FileKind::File)?;
-        let ino = ino_of(Node::Db(a.inode));
-        if !self.open.contains_key(&ino) {
-            return None;
-        }
-        let data = self
-            .ctx
-            .memdb
-            .read_inode(a.inode, 0, MAX_FILE_SIZE as usize)
-            .ok()?;
-        let attr = self.db_attr(&a);
-        Some((ino, Orphan { attr, data }))
-    }
-
-    /// The file is gone from the tree: its open handles keep the snapshot.
-    fn orphan_handles(&mut self, (ino, orphan): (u64, Orphan)) {
-        if let Some(f) = self.open.get_mut(&ino) {
-            f.orphan = Some(orphan);
-        }
     }
 
     /// A truncation still owed by handle `fh` (opened with O_TRUNC) is
     /// applied now: close(2) and fsync(2) return only after it.
-    fn settle_trunc(&mut self, fh: u64) -> Result<(), Errno> {
-        match self.handles.get_mut(&fh) {
-            Some(Handle::Db { ino, trunc_owed }) if *trunc_owed => {
+    fn settle_trunc(&self, fh: u64) -> Result<(), Errno> {
+        let owed = match self.handles().map.get_mut(&fh) {
+            Some(Handle::Db { inode, trunc_owed }) if *trunc_owed => {
                 *trunc_owed = false;
-                let ino = *ino;
-                if self.orphan(ino).is_some() {
-                    return Ok(());
-                }
-                match node_of(ino) {
-                    Some(Node::Db(i)) => self.submit.settle_open_truncate(i),
-                    _ => Ok(()),
-                }
+                Some(*inode)
             }
-            _ => Ok(()),
+            _ => None,
+        };
+        match owed {
+            Some(inode) => self.submit.settle_open_truncate(inode),
+            None => Ok(()),
+        }
+    }
+
+    /// Take the handle's "first write after O_TRUNC" mark.
+    fn take_trunc_owed(&self, fh: u64) -> bool {
+        match self.handles().map.get_mut(&fh) {
+            Some(Handle::Db { trunc_owed, .. }) => std::mem::take(trunc_owed),
+            _ => false,
         }
     }
 
@@ -380,6 +345,29 @@ impl CfsFs {
             Target::Plugin(_) => Err(Errno::EACCES),
         }
     }
+
+    fn setattr_checks(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), Errno> {
+        // chmod: only the mode the file already has (0600 private, 0640 else)
+        if let Some(mode) = mode {
+            let allowed = if path_is_private(path) { 0o600 } else { 0o640 };
+            if mode & 0o7777 != allowed {
+                return Err(Errno::EPERM);
+            }
+        }
+        // chown: only to root / www-data (or "no change")
+        if uid.is_some_and(|u| u != 0 && u != u32::MAX)
+            || gid.is_some_and(|g| g != self.gid && g != u32::MAX)
+        {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
 }
 
 enum Target {
@@ -388,54 +376,44 @@ enum Target {
 }
 
 impl Filesystem for CfsFs {
-    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(max);
         }
         // open(O_TRUNC) arrives as a flag of open, not as a separate
         // setattr, so truncate + first write can be one operation.
-        let _ = config.add_capabilities(fuser::consts::FUSE_ATOMIC_O_TRUNC);
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name) {
-            Ok(Target::Plugin(p)) => reply.entry(&Duration::ZERO, &self.plugin_attr(p), 0),
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent.0, name) {
+            Ok(Target::Plugin(p)) => {
+                reply.entry(&Duration::ZERO, &self.plugin_attr(p), Generation(0))
+            }
             Ok(Target::Path(path)) => self.entry_reply(&path, reply),
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        // An unlinked file still open (fstat comes with or without the
-        // handle): the shared snapshot.
-        if let Some(o) = self.orphan(ino) {
-            let size = o.data.len() as u64;
-            let attr = FileAttr {
-                size,
-                blocks: size.div_ceil(BLOCK_SIZE),
-                nlink: 0,
-                ..o.attr
-            };
-            return reply.attr(&TTL, &attr);
-        }
-        match self.attr_of(ino) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr_of(ino.0) {
             Ok(a) => {
-                let ttl = if ino >= PLUGIN_INO_BASE {
+                let ttl = if ino.0 >= PLUGIN_INO_BASE {
                     Duration::ZERO
                 } else {
                     TTL
                 };
                 reply.attr(&ttl, &a)
             }
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn setattr(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
@@ -443,110 +421,75 @@ impl Filesystem for CfsFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
-        _flags: Option<u32>,
+        _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let node = match node_of(ino) {
-            Some(n) => n,
-            None => return reply.error(libc::ENOENT),
-        };
-        // ftruncate of an unlinked file still open: its snapshot
-        if let Some(f) = self.open.get_mut(&ino) {
-            if let Some(o) = f.orphan.as_mut() {
-                if let Some(size) = size {
-                    if size > MAX_FILE_SIZE {
-                        return reply.error(libc::EFBIG);
+        let res = (|| {
+            let node = node_of(ino.0).ok_or(Errno::ENOENT)?;
+            let attr = match node {
+                Node::Db(i) => self.ctx.memdb.getattr_inode(i).ok_or(Errno::ENOENT)?,
+                Node::Plugin(p) => {
+                    self.setattr_checks(p.name(), mode, uid, gid)?;
+                    if size.is_some() {
+                        self.ctx.truncate(p)?;
                     }
-                    o.data.resize(size as usize, 0);
+                    if atime.is_some() || mtime.is_some() {
+                        return Err(Errno::EACCES);
+                    }
+                    return Ok(());
                 }
-                let size = o.data.len() as u64;
-                let attr = FileAttr {
-                    size,
-                    blocks: size.div_ceil(BLOCK_SIZE),
-                    nlink: 0,
-                    ..o.attr
+            };
+            let path = if attr.detached {
+                String::new()
+            } else {
+                self.ctx.memdb.path_of(attr.inode).ok_or(Errno::ENOENT)?
+            };
+            self.setattr_checks(&path, mode, uid, gid)?;
+            if let Some(size) = size {
+                // through the inode, so that an open file's truncate reaches
+                // it also once it was unlinked or renamed over
+                self.submit
+                    .write_inode(attr.inode, size, &[], true, false)?;
+            }
+            if (atime.is_some() || mtime.is_some()) && !attr.detached {
+                let m = match mtime {
+                    Some(TimeOrNow::SpecificTime(t)) => t
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs() as u32)
+                        .unwrap_or(0),
+                    Some(TimeOrNow::Now) => pmxcfs_api_types::now_secs(),
+                    None => attr.mtime,
                 };
-                return reply.attr(&TTL, &attr);
+                self.submit(Operation::Mtime { path, mtime: m })?;
             }
-        }
-        let path = match node {
-            Node::Db(i) => self.ctx.memdb.path_of(i),
-            Node::Plugin(p) => Some(p.name().to_string()),
-        };
-        let Some(path) = path else {
-            return reply.error(libc::ENOENT);
-        };
-        // chmod: only the mode the file already has (0600 private, 0640 else)
-        if let Some(mode) = mode {
-            let allowed = if path_is_private(&path) { 0o600 } else { 0o640 };
-            if mode & 0o7777 != allowed {
-                return reply.error(libc::EPERM);
-            }
-        }
-        // chown: only to root / www-data (or "no change")
-        if uid.is_some_and(|u| u != 0 && u != u32::MAX)
-            || gid.is_some_and(|g| g != self.gid && g != u32::MAX)
-        {
-            return reply.error(libc::EPERM);
-        }
-        if let Some(size) = size {
-            let res = match node {
-                Node::Plugin(p) => self.ctx.truncate(p),
-                Node::Db(_) => self
-                    .submit(Operation::Write {
-                        path: path.clone(),
-                        offset: size,
-                        data: Vec::new(),
-                        truncate: true,
-                    })
-                    .map(|_| ()),
-            };
-            if let Err(e) = res {
-                return reply.error(e.0);
-            }
-        }
-        if atime.is_some() || mtime.is_some() {
-            let Node::Db(i) = node else {
-                return reply.error(libc::EACCES);
-            };
-            let m = match mtime {
-                Some(TimeOrNow::SpecificTime(t)) => t
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs() as u32)
-                    .unwrap_or(0),
-                Some(TimeOrNow::Now) => pmxcfs_api_types::now_secs(),
-                None => match self.ctx.memdb.getattr_inode(i) {
-                    Some(a) => a.mtime,
-                    None => return reply.error(libc::ENOENT),
-                },
-            };
-            if let Err(e) = self.submit(Operation::Mtime { path, mtime: m }) {
-                return reply.error(e.0);
-            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            return reply.error(fe(e));
         }
         // The reply needs fresh attributes; an unlocked (deleted) lock
         // directory answers ENOENT here, as the C daemon's callers see.
-        match self.attr_of(ino) {
+        match self.attr_of(ino.0) {
             Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
-    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        match node_of(ino) {
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match node_of(ino.0) {
             Some(Node::Plugin(p @ Plugin::Link(_))) => reply.data(&self.ctx.content(p)),
-            _ => reply.error(libc::EINVAL),
+            _ => reply.error(fuser::Errno::EINVAL),
         }
     }
 
     fn mknod(
-        &mut self,
-        _req: &Request<'_>,
-        parent: u64,
+        &self,
+        _req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         _umask: u32,
@@ -555,295 +498,270 @@ impl Filesystem for CfsFs {
     ) {
         // A regular file becomes a create, as libfuse does without mknod.
         if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(libc::ENOSYS);
+            return reply.error(fuser::Errno::ENOSYS);
         }
-        match self.make_entry(parent, name, |path| Operation::Create { path }) {
-            Ok(a) => reply.entry(&TTL, &self.db_attr(&a), 0),
-            Err(e) => reply.error(e.0),
+        match self.make_entry(parent.0, name, |path| Operation::Create { path }) {
+            Ok(a) => reply.entry(&TTL, &self.db_attr(&a), Generation(0)),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn mkdir(
-        &mut self,
-        _req: &Request<'_>,
-        parent: u64,
+        &self,
+        _req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.make_entry(parent, name, |path| Operation::Mkdir { path }) {
-            Ok(a) => reply.entry(&TTL, &self.db_attr(&a), 0),
-            Err(e) => reply.error(e.0),
+        match self.make_entry(parent.0, name, |path| Operation::Mkdir { path }) {
+            Ok(a) => reply.entry(&TTL, &self.db_attr(&a), Generation(0)),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let res = self.mutate_path(parent, name).and_then(|path| {
-            let snapshot = self.open_file_snapshot(&path);
-            self.submit(Operation::Delete { path })?;
-            if let Some(snap) = snapshot {
-                self.orphan_handles(snap);
-            }
-            Ok(())
-        });
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // An open file stays reachable through its handles: memdb keeps it
+        // detached until the last is released.
+        let res = self
+            .mutate_path(parent.0, name)
+            .and_then(|path| self.submit(Operation::Delete { path }));
         match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.0),
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
-    fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.unlink(req, parent, name, reply)
     }
 
     fn symlink(
-        &mut self,
-        _req: &Request<'_>,
-        _parent: u64,
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
         _link_name: &OsStr,
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(libc::ENOSYS)
+        reply.error(fuser::Errno::ENOSYS)
     }
 
     fn rename(
-        &mut self,
-        _req: &Request<'_>,
-        parent: u64,
+        &self,
+        _req: &Request,
+        parent: INodeNo,
         name: &OsStr,
-        newparent: u64,
+        newparent: INodeNo,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags != 0 {
-            return reply.error(libc::EINVAL);
+        if !flags.is_empty() {
+            return reply.error(fuser::Errno::EINVAL);
         }
-        let res = self.mutate_path(parent, name).and_then(|from| {
-            let to = self.mutate_path(newparent, newname)?;
-            let replaced = self.open_file_snapshot(&to);
-            self.submit(Operation::Rename { from, to })?;
-            if let Some(snap) = replaced {
-                self.orphan_handles(snap);
-            }
-            Ok(())
+        let res = self.mutate_path(parent.0, name).and_then(|from| {
+            let to = self.mutate_path(newparent.0, newname)?;
+            self.submit(Operation::Rename { from, to })
         });
         match res {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn link(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _newparent: u64,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(libc::EPERM)
+        reply.error(fuser::Errno::EPERM)
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        let trunc = flags & libc::O_TRUNC != 0;
-        let handle = match node_of(ino) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        let res = (|| match node_of(ino.0) {
             Some(Node::Plugin(p)) => {
                 if trunc {
-                    if let Err(e) = self.ctx.truncate(p) {
-                        return reply.error(e.0);
-                    }
+                    self.ctx.truncate(p)?;
                 }
-                Handle::Plugin(self.ctx.content(p))
+                Ok(Handle::Plugin(Arc::new(self.ctx.content(p))))
             }
-            Some(Node::Db(i)) => match self.ctx.memdb.getattr_inode(i) {
-                Some(a) if trunc && a.kind == FileKind::File => {
-                    if !self.submit.quorate() {
-                        return reply.error(libc::EACCES);
-                    }
+            Some(Node::Db(i)) => {
+                let a = self.ctx.memdb.getattr_inode(i).ok_or(Errno::ENOENT)?;
+                let trunc = trunc && a.kind == FileKind::File;
+                if trunc && !self.submit.quorate() {
+                    return Err(Errno::EACCES);
+                }
+                self.ctx.memdb.open_file(i)?;
+                if trunc {
                     let res = self
-                        .path_of_ino(ino)
+                        .path_of_ino(ino.0)
                         .and_then(|path| self.submit.open_truncate(&path, i));
                     if let Err(e) = res {
-                        return reply.error(e.0);
-                    }
-                    Handle::Db {
-                        ino,
-                        trunc_owed: true,
+                        self.ctx.memdb.release_file(i);
+                        return Err(e);
                     }
                 }
-                Some(_) => Handle::Db {
-                    ino,
-                    trunc_owed: false,
-                },
-                None => return reply.error(libc::ENOENT),
-            },
-            None => return reply.error(libc::ENOENT),
-        };
-        reply.opened(self.new_handle(handle), FOPEN_DIRECT_IO)
+                Ok(Handle::Db {
+                    inode: i,
+                    trunc_owed: trunc,
+                })
+            }
+            None => Err(Errno::ENOENT),
+        })();
+        match res {
+            Ok(h) => reply.opened(FileHandle(self.new_handle(h)), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(fe(e)),
+        }
     }
 
     fn read(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
         size: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let offset = u64::try_from(offset).unwrap_or(0);
-        if let Some(o) = self.orphan(ino) {
-            return reply.data(slice_at(&o.data, offset, size));
-        }
-        match (node_of(ino), self.handles.get(&fh)) {
-            (Some(Node::Plugin(_)), Some(Handle::Plugin(data))) => {
-                reply.data(slice_at(data, offset, size))
-            }
-            (Some(Node::Db(i)), _) => match self.ctx.memdb.read_inode(i, offset, size as usize) {
+        match node_of(ino.0) {
+            Some(Node::Db(i)) => match self.ctx.memdb.read_inode(i, offset, size as usize) {
                 Ok(d) => reply.data(&d),
-                Err(e) => reply.error(e.0),
+                Err(e) => reply.error(fe(e)),
             },
-            _ => reply.error(libc::EBADF),
+            Some(Node::Plugin(_)) => {
+                let snapshot = match self.handles().map.get(&fh.0) {
+                    Some(Handle::Plugin(data)) => Some(data.clone()),
+                    _ => None,
+                };
+                match snapshot {
+                    Some(data) => reply.data(slice_at(&data, offset, size)),
+                    None => reply.error(fuser::Errno::EBADF),
+                }
+            }
+            None => reply.error(fuser::Errno::EBADF),
         }
     }
 
     fn write(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
         data: &[u8],
-        _write_flags: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if let Some(Orphan { data: content, .. }) =
-            self.open.get_mut(&ino).and_then(|f| f.orphan.as_mut())
-        {
-            // Only its handles can see this file any more: change the
-            // snapshot they share.
-            let res = u64::try_from(offset)
+        let res = match node_of(ino.0) {
+            Some(Node::Plugin(p)) => i64::try_from(offset)
                 .map_err(|_| Errno::EINVAL)
-                .and_then(|offset| match accepted_len(offset, data.len()) {
-                    0 if !data.is_empty() => Err(Errno::EFBIG),
-                    n => {
-                        let start = offset as usize;
-                        if content.len() < start + n {
-                            content.resize(start + n, 0);
-                        }
-                        content[start..start + n].copy_from_slice(&data[..n]);
-                        Ok(n as u32)
-                    }
-                });
-            return match res {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(e.0),
-            };
-        }
-        let res = match node_of(ino) {
-            Some(Node::Plugin(p)) => self.ctx.write(p, offset, data),
-            Some(Node::Db(_)) => self.path_of_ino(ino).and_then(|path| {
-                let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+                .and_then(|off| self.ctx.write(p, off, data)),
+            Some(Node::Db(i)) => {
                 let data = match accepted_len(offset, data.len()) {
-                    0 if !data.is_empty() => return Err(Errno::EFBIG),
-                    n => &data[..n],
+                    0 if !data.is_empty() => Err(Errno::EFBIG),
+                    n => Ok(&data[..n]),
                 };
-                let op = Operation::Write {
-                    path,
-                    offset,
-                    data: data.to_vec(),
-                    truncate: false,
-                };
-                match self.handles.get_mut(&fh) {
-                    Some(Handle::Db { trunc_owed, .. }) if *trunc_owed => {
-                        *trunc_owed = false;
-                        self.submit.write_after_open_truncate(op)
+                data.and_then(|data| {
+                    let first = self.take_trunc_owed(fh.0);
+                    let res = self.submit.write_inode(i, offset, data, false, first);
+                    if res.is_err() && first {
+                        // still owed: the close applies it and reports
+                        if let Some(Handle::Db { trunc_owed, .. }) =
+                            self.handles().map.get_mut(&fh.0)
+                        {
+                            *trunc_owed = true;
+                        }
                     }
-                    _ => self.submit(op),
-                }
-                .map(|n| n as u32)
-            }),
+                    res.map(|n| n as u32)
+                })
+            }
             None => Err(Errno::ENOENT),
         };
         match res {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn flush(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _lock_owner: u64,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.settle_trunc(fh) {
+        match self.settle_trunc(fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn fsync(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         // Every answered change is committed already; only a truncation
         // still owed by this handle is left to write.
-        match self.settle_trunc(fh) {
+        match self.settle_trunc(fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn release(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         // Normally flushed already; a handle released without a flush
         // (the kernel's own) still owes its truncation.
-        if let Err(e) = self.settle_trunc(fh) {
+        if let Err(e) = self.settle_trunc(fh.0) {
             tracing::warn!("truncate at release failed: {e}");
         }
-        self.drop_handle(fh);
+        let h = self.handles().map.remove(&fh.0);
+        if let Some(Handle::Db { inode, .. }) = h {
+            self.ctx.memdb.release_file(inode);
+        }
         reply.ok()
     }
 
     fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(Node::Db(dir)) = node_of(ino) else {
-            return reply.error(libc::ENOTDIR);
+        let Some(Node::Db(dir)) = node_of(ino.0) else {
+            return reply.error(fuser::Errno::ENOTDIR);
         };
         let Some(children) = self.ctx.memdb.readdir(dir) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(fuser::Errno::ENOENT);
         };
         let mut list: Vec<(u64, FileType, String)> = Vec::with_capacity(children.len() + 12);
-        list.push((ino, FileType::Directory, ".".into()));
-        list.push((ino, FileType::Directory, "..".into()));
+        list.push((ino.0, FileType::Directory, ".".into()));
+        list.push((ino.0, FileType::Directory, "..".into()));
         if dir == Inode::ROOT {
             for p in crate::plugins::ALL {
                 let kind = match p {
@@ -863,16 +781,16 @@ impl Filesystem for CfsFs {
             };
             list.push((ino_of(Node::Db(c.attr.inode)), kind, c.name));
         }
-        let skip = usize::try_from(offset).unwrap_or(0);
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, (ino, kind, name)) in list.into_iter().enumerate().skip(skip) {
-            if reply.add(ino, (i + 1) as i64, kind, name) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
                 break;
             }
         }
         reply.ok()
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.ctx.memdb.statfs();
         reply.statfs(
             s.blocks,
@@ -891,40 +809,52 @@ impl Filesystem for CfsFs {
     // EOPNOTSUPP (= ENOTSUP) itself, what callers of the C daemon see.
 
     fn create(
-        &mut self,
-        _req: &Request<'_>,
-        parent: u64,
+        &self,
+        _req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.make_entry(parent, name, |path| Operation::Create { path }) {
+        let res = self
+            .make_entry(parent.0, name, |path| Operation::Create { path })
+            .and_then(|a| {
+                // a real handle, so that it keeps the file if it is unlinked
+                self.ctx.memdb.open_file(a.inode)?;
+                Ok(a)
+            });
+        match res {
             Ok(a) => {
                 let attr = self.db_attr(&a);
-                // a real handle, so that it keeps the file if it is unlinked
                 let fh = self.new_handle(Handle::Db {
-                    ino: attr.ino,
+                    inode: a.inode,
                     trunc_owed: false,
                 });
-                reply.created(&TTL, &attr, 0, fh, FOPEN_DIRECT_IO)
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO,
+                )
             }
-            Err(e) => reply.error(e.0),
+            Err(e) => reply.error(fe(e)),
         }
     }
 
     fn fallocate(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        _fh: u64,
-        _offset: i64,
-        _length: i64,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(libc::ENOTSUP)
+        reply.error(fuser::Errno::ENOTSUP)
     }
 }
 
