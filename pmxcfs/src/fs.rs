@@ -844,6 +844,22 @@ impl Filesystem for CfsFs {
         }
     }
 
+    // isatty(3) on a file asks TCGETS: no ioctl here, as in C (fuser's
+    // default would log a warning for every one).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOSYS)
+    }
+
     fn fallocate(
         &self,
         _req: &Request,
