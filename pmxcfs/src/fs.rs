@@ -128,6 +128,19 @@ fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
     &data[start..end]
 }
 
+/// Every handle is direct I/O (reads and writes reach the daemon). Only a
+/// handle that owes a truncation needs FLUSH at close(2); the others skip
+/// that round trip (FOPEN_NOFLUSH, Linux 5.13+; older kernels send it and
+/// get an empty answer).
+fn open_flags(h: &Handle) -> FopenFlags {
+    match h {
+        Handle::Db {
+            trunc_owed: true, ..
+        } => FopenFlags::FOPEN_DIRECT_IO,
+        _ => FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+    }
+}
+
 fn fe(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
@@ -615,7 +628,10 @@ impl Filesystem for CfsFs {
             None => Err(Errno::ENOENT),
         })();
         match res {
-            Ok(h) => reply.opened(FileHandle(self.new_handle(h)), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(h) => {
+                let flags = open_flags(&h);
+                reply.opened(FileHandle(self.new_handle(h)), flags)
+            }
             Err(e) => reply.error(fe(e)),
         }
     }
@@ -837,7 +853,7 @@ impl Filesystem for CfsFs {
                     &attr,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::FOPEN_DIRECT_IO,
+                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
                 )
             }
             Err(e) => reply.error(fe(e)),
