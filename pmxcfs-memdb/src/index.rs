@@ -10,7 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::tree::{Entry, Tree};
+use crate::tree::{Content, Entry, Tree};
 
 pub const INDEX_HEADER_SIZE: usize = 32;
 pub const INDEX_ENTRY_SIZE: usize = 40;
@@ -51,7 +51,7 @@ fn hash_fields(h: &mut Sha256, e: &Entry) {
     h.update(e.parent.0.to_le_bytes());
     h.update(e.name.as_bytes());
     if !e.is_dir() && !e.data.is_empty() {
-        h.update(&e.data);
+        e.data.with_bytes(|b| h.update(b));
     }
 }
 
