@@ -72,7 +72,28 @@ pub struct Cli {
     pub extra: Vec<String>,
 }
 
+/// glibc malloc settings, before any thread starts:
+/// - a fixed mmap threshold (128 KiB, glibc's initial value): buffers of
+///   large files (a 1 MiB write passes through several) are mapped and
+///   unmapped, never left in the heap. Left dynamic, glibc raises the
+///   threshold to the largest such buffer freed, and from then on they
+///   come from the heap, whose free middle is not given back (measured:
+///   44 MB RSS instead of 22 MB after 40 writes of 1 MiB by 4 clients);
+/// - at most two arenas: the FUSE and runtime threads would otherwise get
+///   one each (glibc allows 8 per CPU), every one keeping its own free
+///   memory.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
