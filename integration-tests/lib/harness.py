@@ -11,6 +11,9 @@ Public API used by the test modules:
     TestFailure, check(), eq(), expect_errno(), wait_for()
     mounted(path), read(path), write(path, data), sha256_file(path)
     timeout(seconds)              decorator: per-test time limit
+
+With `integration-tests/test --c-binary PATH` the same tests also run
+against a C pmxcfs (Config.mode "c"): see "the C daemon" below.
 """
 
 import ctypes
@@ -18,10 +21,12 @@ import errno
 import grp
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +51,12 @@ class TestTimeout(BaseException):
 
 class RunnerInterrupted(BaseException):
     """SIGTERM/SIGHUP received by the runner."""
+
+
+class NotRunnableOnC(BaseException):
+    """The test needs something the C daemon cannot do (an option only ours
+    has, two daemons at once); raised in C mode, reported as `not run against
+    C`. A BaseException so that a test's `except Exception` cannot swallow it."""
 
 
 def check(cond, msg):
@@ -493,10 +504,18 @@ def with_pdeathsig(argv):
 class Config:
     binary = None
     build_error = None
+    mode = "ours"  # "c": new daemons are the C daemon (set by the runner per run)
+    c_binary = None
+    c_ready = False  # setup_c_namespace() done
+    isolate_net = False  # C daemons get a network namespace of their own (background tests)
+
+
+def c_mode():
+    return Config.mode == "c"
 
 
 def binary_path():
-    return Config.binary
+    return Config.c_binary if c_mode() else Config.binary
 
 
 def preflight():
@@ -505,7 +524,9 @@ def preflight():
         raise TestFailure("tests must run as root (real FUSE mounts, chown checks)")
     if not os.path.exists("/dev/fuse"):
         raise TestFailure("/dev/fuse does not exist (FUSE kernel module missing?)")
-    if Config.build_error:
+    if c_mode() and not Config.c_ready:
+        raise TestFailure("internal: C daemon requested outside the runner's private namespace")
+    if Config.build_error and not c_mode():
         raise TestFailure(Config.build_error)
     b = binary_path()
     if not b or not os.path.isfile(b):
@@ -548,6 +569,12 @@ class Daemon:
         stop_timeout=15.0,
         check_stop=True,
     ):
+        self.c = c_mode()
+        if self.c:
+            extra_args = _c_check_options(
+                dict(db=db, lock_file=lock_file, mount=mount, run_dir=run_dir, pid_file=pid_file, ipc_name=ipc_name),
+                extra_args,
+            )
         self._own_tmp = tmp is None
         self.tmp = TempDir() if tmp is None else tmp
         base = os.fspath(self.tmp)
@@ -580,9 +607,24 @@ class Daemon:
         self.startup_seconds = None
         self._exit_observed = False
         self._last_stderr_full = ""
+        if self.c:
+            self._c_layout(n)
         for d in (os.path.dirname(self.db), self.mount, os.path.dirname(self.pid_file), self.rrd_dir, self.log_dir):
             os.makedirs(d, exist_ok=True)
         _current_daemons.append(self)
+
+    def _c_layout(self, n):
+        """The C daemon's fixed paths, as seen from the runner (see c_wrap_spec)."""
+        base = self.base
+        self.mount = os.path.join(C_MOUNTS, f"{n}")
+        self.run_dir = os.path.join(base, "c-run", "pve-cluster")  # /run/pve-cluster
+        self.restart_flag = os.path.join(self.run_dir, "cfs-restart-flag")
+        self.pid_file = os.path.join(base, "c-run", "pve-cluster.pid")  # /run/pve-cluster.pid
+        self.corosync_conf = os.path.join(base, "c-corosync", "corosync.conf")  # /etc/corosync/corosync.conf
+        self.ipc_name = "pve2"
+        if self.node_ip.startswith("127."):
+            self.node_ip = C_NODE_IP  # the C daemon refuses a name that resolves to loopback only
+        self._c_net = False
 
     # ---- command line
 
@@ -594,6 +636,8 @@ class Daemon:
             a.append("-f")
         if self.local:
             a.append("-l")
+        if self.c:
+            return a + self.extra_args  # -d -f -l are all the C daemon has
         if with_paths:
             a += [
                 "--db", self.db,
@@ -616,6 +660,11 @@ class Daemon:
         """Start the process without waiting for anything; returns ProcWatch."""
         preflight()
         argv = with_pdeathsig(argv or self.argv())
+        if self.c:
+            _c_one_at_a_time(self)
+            spec = c_wrap_spec(self.base, self.mount, self.nodename, self.node_ip, os.path.dirname(self.db), self.rrd_dir)
+            self._c_net = spec["net"]
+            argv = c_wrap(spec, argv)
         out = open(self.stdout_log, "ab")
         err = open(self.stderr_log, "ab")
         try:
@@ -633,6 +682,8 @@ class Daemon:
         pw = ProcWatch(p.pid, p)
         register_proc(pw)
         register_mount(self.mount)
+        if self.c:
+            _c_daemons.append((self, pw, self._c_net))
         return pw
 
     # ---- lifecycle
@@ -669,6 +720,8 @@ class Daemon:
                 raise TestFailure(f"cannot read pid file after daemonizing: {e}")
             self.proc = ProcWatch(pid)
             register_proc(self.proc)
+            if self.c:
+                _c_daemons.append((self, self.proc, self._c_net))
             self.pid = pid
         # the mount is there: the root must answer
         try:
@@ -690,10 +743,11 @@ class Daemon:
             self.proc.signal(sig)
             rc = self.proc.wait(timeout)
             if rc is None:
+                threads = _thread_states(self.proc.pid) if self.c else ""
                 kill_proc(self.proc, 1.0)
                 force_unmount(self.mount)
                 raise TestFailure(
-                    f"daemon did not exit within {timeout}s after {signal.Signals(sig).name} (killed)"
+                    f"daemon did not exit within {timeout}s after {signal.Signals(sig).name} (killed){threads}"
                 )
         rc = self.proc.returncode
         if mounted(self.mount):
@@ -720,6 +774,11 @@ class Daemon:
             if pw is not None:
                 kill_proc(pw, 2.0)
         force_unmount(self.mount)
+        if self.c:
+            try:
+                os.rmdir(self.mount)
+            except OSError:
+                pass
 
     def __enter__(self):
         try:
@@ -797,9 +856,31 @@ def run_binary(args, timeout):
     """Run the daemon binary with args, wait up to timeout. Returns
     (returncode or None on timeout, stdout, stderr, elapsed)."""
     preflight()
+    argv = with_pdeathsig([binary_path()] + list(args))
+    scratch = None
+    if c_mode():
+        # the C daemon always uses its fixed paths: give it a throwaway set
+        scratch = TempDir()
+        mnt = os.path.join(C_MOUNTS, f"run-{next(_instance_counter)}")
+        os.makedirs(os.path.join(scratch.path, "db"))
+        os.makedirs(os.path.join(scratch.path, "rrd"))
+        os.makedirs(mnt)
+        register_mount(mnt)
+        argv = c_wrap(c_wrap_spec(scratch.path, mnt, "testnode", C_NODE_IP, os.path.join(scratch.path, "db"),
+                                  os.path.join(scratch.path, "rrd")), argv)
+    try:
+        return _run_binary(argv, timeout)
+    finally:
+        if scratch is not None:
+            force_unmount(mnt)
+            forget_mount(mnt)
+            scratch.remove()
+
+
+def _run_binary(argv, timeout):
     t0 = time.monotonic()
     p = subprocess.Popen(
-        with_pdeathsig([binary_path()] + list(args)),
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -815,3 +896,204 @@ def run_binary(args, timeout):
         kill_proc(pw, 2.0)
         out, err = p.communicate()
         return None, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------
+# the C daemon (integration-tests/test --c-binary PATH)
+#
+# The C pmxcfs has fixed paths (/etc/pve, /var/lib/pve-cluster, /run/...,
+# /var/lib/rrdcached/db, IPC service @pve2), takes its node name from
+# `uname -n` and refuses a name that resolves only to loopback. The runner
+# therefore runs in private mount, network and PID namespaces (runner.py;
+# setup_c_namespace() prepares them), and every C daemon starts through
+# `python3 harness.py c-wrap SPEC -- ARGV`: that process enters a mount and
+# UTS namespace of its own, sets the host name, lays an overlay over /etc and
+# /var/lib whose upper layer lives in the instance's temp dir (hosts file,
+# symlinks pve-cluster -> <tmp>/db, rrdcached/db -> <tmp>/rrd, corosync ->
+# <tmp>/c-corosync, pve -> C_MOUNTS/<n>), binds <tmp>/c-run over /run, and
+# execs the daemon (same pid). The daemon's FUSE mount on C_MOUNTS/<n>
+# reaches the runner by mount propagation (C_MOUNTS is a shared mount); an
+# unmount in the runner reaches the daemon the same way. Everything else the
+# daemon mounts or writes dies with its namespace; the host sees nothing but
+# the instance's temp dir.
+
+C_SCRATCH = "/dev/shm/pmxcfs-it-c"  # in the runner's private /dev/shm tmpfs
+C_MOUNTS = C_SCRATCH + "/mnt"
+C_NODE_IP = "192.0.2.10"  # TEST-NET-1: only resolved through the hosts file, never contacted
+C_FIXED_PATHS = ("/etc", "/var/lib", "/run")
+OUR_ONLY_OPTIONS = (
+    "--db", "--lock-file", "--mount", "--run-dir", "--pid-file", "--corosync-conf", "--rrd-dir",
+    "--rrdcached-socket", "--nodename", "--node-ip", "--ipc-name",
+)
+
+MS_BIND = 0x1000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+
+_c_daemons = []  # (Daemon, ProcWatch, own netns) of every C daemon started
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _enc(s):
+    return None if s is None else os.fsencode(s)
+
+
+def _sys_mount(src, target, fstype=None, flags=0, data=None):
+    if _libc().mount(_enc(src), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount({src}, {target}, {fstype}, {flags:#x}, {data}): {os.strerror(e)}")
+
+
+def _sys_unshare(flags):
+    if _libc().unshare(ctypes.c_int(flags)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"unshare({flags:#x}): {os.strerror(e)}")
+
+
+def _detach_fuse_mounts(keep_below=None):
+    """Lazily detach, in this mount namespace only, every FUSE mount not below
+    keep_below: a copy of another namespace's FUSE mount would keep that
+    filesystem alive (its daemon would not see an unmount done elsewhere)."""
+    keep = keep_below.rstrip("/") + "/" if keep_below else None
+    for mp, fs in mount_table():
+        if not (fs in ("fuse", "fuseblk") or fs.startswith("fuse.")):
+            continue
+        if keep and (mp + "/").startswith(keep):
+            continue
+        _libc().umount2(_enc(mp), ctypes.c_int(MNT_DETACH))
+
+
+def setup_c_namespace(outer_mnt_ns):
+    """Once, in the runner's private namespaces (runner.py): a private
+    /dev/shm (libqb's files vanish with the namespace), the shared mount
+    C_MOUNTS, and no copies of the host's FUSE mounts. Refuses to touch
+    anything when the mount namespace is still outer_mnt_ns (the host's)."""
+    if os.readlink("/proc/self/ns/mnt") == outer_mnt_ns:
+        raise RuntimeError("not in a private mount namespace; refusing to mount anything")
+    _detach_fuse_mounts()
+    _sys_mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777")
+    os.makedirs(C_MOUNTS)
+    _sys_mount(C_MOUNTS, C_MOUNTS, None, MS_BIND)
+    _sys_mount(None, C_MOUNTS, None, MS_SHARED)
+    for p in C_FIXED_PATHS:
+        if not os.path.isdir(p):
+            raise RuntimeError(f"{p} is not a directory")
+    Config.c_ready = True
+
+
+def _thread_states(pid):
+    """' (threads: comm state wchan, ...)' of a hung process, for the failure message."""
+    out = []
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    st = f.read()
+                with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                    wchan = f.read().strip() or "-"
+                comm = st[st.index("(") + 1 : st.rindex(")")]
+                out.append(f"{comm} {st[st.rindex(')') + 2]} {wchan}")
+            except (OSError, ValueError):
+                pass
+    except OSError:
+        return ""
+    return f" (threads: {', '.join(out)})" if out else ""
+
+
+def _c_check_options(opts, extra_args):
+    """Raise NotRunnableOnC for an option only our daemon has; returns the
+    extra args to pass to the C daemon."""
+    for name, val in opts.items():
+        if val is not None:
+            raise NotRunnableOnC(f"uses --{name.replace('_', '-')} (an option only our daemon has)")
+    out, args = [], list(extra_args)
+    while args:
+        a = args.pop(0)
+        if a == "--rrdcached-socket" and args:
+            sock = args.pop(0)
+            if os.path.exists(sock):
+                raise NotRunnableOnC(
+                    "uses --rrdcached-socket with a private rrdcached (the C daemon's socket and RRD paths are fixed;"
+                    " rrdcached would not accept them)"
+                )
+            continue  # an unserved socket: the C daemon's fixed socket is not served either
+        if a.split("=", 1)[0] in OUR_ONLY_OPTIONS:
+            raise NotRunnableOnC(f"uses {a.split('=', 1)[0]} (an option only our daemon has)")
+        out.append(a)
+    return out
+
+
+def _c_one_at_a_time(d):
+    """The C daemon's IPC service name is fixed (@pve2): two C daemons in one
+    network namespace cannot both serve it."""
+    _c_daemons[:] = [x for x in _c_daemons if x[1].poll() is None]
+    if Config.isolate_net:
+        return
+    for other, pw, own_net in _c_daemons:
+        if other is not d and not own_net and pw.poll() is None:
+            raise NotRunnableOnC("runs two daemons at once (the C daemon's paths and IPC name @pve2 are fixed)")
+
+
+def c_wrap_spec(base, mount, nodename, node_ip, db_dir, rrd_dir):
+    """The namespace set-up of one C daemon; files below base (the instance's temp dir)."""
+    etc_up = os.path.join(base, "c-etc", "upper")
+    lib_up = os.path.join(base, "c-varlib", "upper")
+    run = os.path.join(base, "c-run")
+    coro = os.path.join(base, "c-corosync")
+    for p in (etc_up, os.path.join(base, "c-etc", "work"), os.path.join(lib_up, "rrdcached"),
+              os.path.join(base, "c-varlib", "work"), run, coro, db_dir, rrd_dir, mount):
+        os.makedirs(p, exist_ok=True)
+    with open(os.path.join(etc_up, "hosts"), "w") as f:
+        f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{node_ip}\t{nodename}\n")
+    for link, target in (
+        (os.path.join(etc_up, "pve"), mount),
+        (os.path.join(etc_up, "corosync"), coro),
+        (os.path.join(lib_up, "pve-cluster"), db_dir),
+        (os.path.join(lib_up, "rrdcached", "db"), rrd_dir),
+    ):
+        if os.path.islink(link):
+            os.unlink(link)  # a restart on the same temp dir: a new mount point
+        os.symlink(target, link)
+    return {
+        "hostname": nodename,
+        "overlays": [
+            ["/etc", etc_up, os.path.join(base, "c-etc", "work")],
+            ["/var/lib", lib_up, os.path.join(base, "c-varlib", "work")],
+        ],
+        "binds": [[run, "/run"]],
+        "net": bool(Config.isolate_net),
+    }
+
+
+def c_wrap(spec, argv):
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), "c-wrap", json.dumps(spec), "--"] + list(argv)
+
+
+def _c_wrap_main(args):
+    """`harness.py c-wrap SPEC -- ARGV` (see above): set up, then exec ARGV."""
+    try:
+        spec = json.loads(args[1])
+        cmd = args[3:]
+        _sys_unshare(CLONE_NEWNS | CLONE_NEWUTS | (CLONE_NEWNET if spec["net"] else 0))
+        _detach_fuse_mounts(keep_below=C_MOUNTS)
+        name = spec["hostname"].encode()
+        if _libc().sethostname(name, ctypes.c_size_t(len(name))) != 0:
+            raise OSError(ctypes.get_errno(), "sethostname")
+        for target, upper, work in spec["overlays"]:
+            _sys_mount("overlay", target, "overlay", 0, f"lowerdir={target},upperdir={upper},workdir={work}")
+        for src, target in spec["binds"]:
+            _sys_mount(src, target, None, MS_BIND)
+        os.execv(cmd[0], cmd)
+    except Exception as e:  # noqa: BLE001
+        print(f"c-wrap: {e}", file=sys.stderr, flush=True)
+        return 121
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["c-wrap"]:
+    sys.exit(_c_wrap_main(sys.argv[1:]))

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +16,15 @@ import time
 import traceback
 
 from lib import harness
-from lib.harness import RunnerInterrupted, TestFailure, TestTimeout
+from lib.harness import NotRunnableOnC, RunnerInterrupted, TestFailure, TestTimeout
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(HERE, "tests")
 GROUP_ORDER = ["core", "fuse", "locks", "plugins", "memdb", "ipc", "status", "logger", "rrd"]
 DEFAULT_TIMEOUT = 60
+C_DIFFERENCES = os.path.join(HERE, "c-differences.txt")
+NS_ENV = "PMXCFS_IT_OUTER_MNT_NS"  # set by the outer runner for the one in the namespaces
+BUILD_ERROR_ENV = "PMXCFS_IT_BUILD_ERROR"
 
 
 # --------------------------------------------------------------------------
@@ -147,6 +151,42 @@ class Result:
         self.failures = []
 
 
+class CResult:
+    """The C daemon's side of a --c-binary run."""
+
+    def __init__(self, expected):
+        self.expected = expected  # test -> entry of c-differences.txt
+        self.same = []
+        self.expected_diff = []
+        self.unexpected = []
+        self.not_run = []
+        self.listed_but_same = []
+
+
+class Outcome:
+    """One test against one daemon: err None = passed; not_run = reason it
+    could not run against the C daemon."""
+
+    def __init__(self, err=None, details=(), not_run=None):
+        self.err = err
+        self.details = list(details)
+        self.not_run = not_run
+
+
+def owner_of(case, mode):
+    return case.full if mode == "ours" else f"{case.full} [C]"
+
+
+@contextlib.contextmanager
+def daemon_mode(mode, isolate_net=False):
+    """New daemons are ours or the C daemon (harness.Config.mode)."""
+    harness.Config.mode, harness.Config.isolate_net = mode, isolate_net
+    try:
+        yield
+    finally:
+        harness.Config.mode, harness.Config.isolate_net = "ours", False
+
+
 def one_line(s):
     s = " | ".join(l.strip() for l in str(s).splitlines() if l.strip())
     return s or "(no message)"
@@ -222,32 +262,86 @@ def _diag(ctx, exc):
     return out
 
 
-def run_plain(case, verbose, res):
-    harness.current_owner = case.full
+def report_pair(case, res, cres, ours, c, verbose):
+    """--c-binary: one line for both daemons, `ours/C` (ok, FAIL, -- = not run)."""
+    if ours.err is None:
+        res.passed += 1
+    else:
+        res.failed += 1
+        res.failures.append(case.full)
+    parts = [] if ours.err is None else [ours.err]
+    entry = cres.expected.get(case.full)
+    if c is None or c.not_run is not None:
+        ctag = "--"
+        parts.append(f"not run against C: {c.not_run if c is not None else 'interrupted'}")
+        cres.not_run.append(case.full)
+    elif c.err is None:
+        ctag = "ok"
+        cres.same.append(case.full)
+        if entry:
+            cres.listed_but_same.append(case.full)
+    else:
+        ctag = "FAIL"
+        if entry:
+            parts.append(f"C: {c.err} (expected: {entry})")
+            cres.expected_diff.append(case.full)
+        else:
+            parts.append(f"C: {c.err} (UNEXPECTED difference: not in {os.path.basename(C_DIFFERENCES)})")
+            cres.unexpected.append(case.full)
+    tag = f"{'ok' if ours.err is None else 'FAIL'}/{ctag}"
+    print(f"{tag:<9} {case.full}" + (": " + "; ".join(parts) if parts else ""), flush=True)
+    if verbose:
+        for label, o in (("ours", ours), ("C", c)):
+            if o is not None and o.err is not None:
+                print(f"    | {label}:", flush=True)
+                for d in o.details:
+                    for line in str(d).splitlines():
+                        print(f"    | {line}", flush=True)
+
+
+def execute_plain(case, mode):
+    """Run a plain test against one daemon. Returns (Outcome, the
+    KeyboardInterrupt/RunnerInterrupted to re-raise or None)."""
+    owner = owner_of(case, mode)
+    harness.current_owner = owner
     harness.take_current_daemons()
-    err, exc, ctx = None, None, None
-    WATCHDOG.start(case.timeout, case.full)
+    err, exc, ctx, not_run = None, None, None, None
+    WATCHDOG.start(case.timeout, owner)
     try:
-        with contextlib.ExitStack() as stack:
+        with daemon_mode(mode), contextlib.ExitStack() as stack:
             ctx = Context(case, stack)
             case.fn(ctx)
     except TestTimeout:
         err = f"timed out after {case.timeout}s (daemon killed)"
-    except (KeyboardInterrupt, RunnerInterrupted):
+    except NotRunnableOnC as e:
+        not_run = str(e)
+    except (KeyboardInterrupt, RunnerInterrupted) as e:
         WATCHDOG.stop()
-        cleanup_owner(case.full)
-        report(case, res, "interrupted", [], verbose)
-        raise
+        cleanup_owner(owner)
+        return (Outcome("interrupted") if mode == "ours" else Outcome(not_run="interrupted")), e
     except Exception as e:  # noqa: BLE001
         err, exc = describe_exception(e), e
     finally:
         WATCHDOG.stop()
-    left = cleanup_owner(case.full)
-    if err is None and left:
+    left = cleanup_owner(owner)
+    if err is None and not_run is None and left:
         err = "left behind: " + "; ".join(left)
     if err is not None:
         err += crash_note()
-    report(case, res, err, _diag(ctx, exc) if err else [], verbose)
+    return Outcome(err, _diag(ctx, exc) if err else [], not_run), None
+
+
+def run_plain(case, verbose, res, cres=None):
+    ours, intr = execute_plain(case, "ours")
+    if cres is None:
+        report(case, res, ours.err, ours.details, verbose)
+    else:
+        c = None
+        if intr is None:
+            c, intr = execute_plain(case, "c")
+        report_pair(case, res, cres, ours, c, verbose)
+    if intr is not None:
+        raise intr
 
 
 class Background:
@@ -255,8 +349,11 @@ class Background:
     test, the rest after all other tests. It yields the number of seconds that
     must pass (counted from the yield) before it resumes."""
 
-    def __init__(self, case):
+    def __init__(self, case, mode="ours"):
         self.case = case
+        self.mode = mode
+        self.owner = owner_of(case, mode)
+        self.not_run = None
         self.stack = contextlib.ExitStack()
         self.ctx = Context(case, self.stack)
         self.gen = None
@@ -265,38 +362,49 @@ class Background:
         self.err = None
         self.exc = None
 
+    def _mode(self):
+        # a C daemon of a background test lives while other tests run theirs:
+        # it gets a network namespace of its own (IPC name @pve2 is fixed)
+        return daemon_mode(self.mode, isolate_net=self.mode == "c")
+
     def phase1(self):
-        harness.current_owner = self.case.full
-        WATCHDOG.start(DEFAULT_TIMEOUT, self.case.full)
+        harness.current_owner = self.owner
+        WATCHDOG.start(DEFAULT_TIMEOUT, self.owner)
         try:
-            self.gen = self.case.fn(self.ctx)
-            wait = next(self.gen)
+            with self._mode():
+                self.gen = self.case.fn(self.ctx)
+                wait = next(self.gen)
             self.resume_at = time.monotonic() + float(wait)
         except StopIteration:
             self.done = True
+        except NotRunnableOnC as e:
+            self.not_run = str(e)
         except TestTimeout:
             self.err = f"timed out in its first phase after {DEFAULT_TIMEOUT}s"
         except Exception as e:  # noqa: BLE001
             self.err, self.exc = describe_exception(e), e
         finally:
             WATCHDOG.stop()
-        if self.err or self.done:
+        if self.err or self.done or self.not_run:
             self.close()
 
     def phase2(self):
-        if self.err or self.done:
+        if self.err or self.done or self.not_run:
             return
         remaining = self.resume_at - time.monotonic()
         if remaining > 0:
-            print(f"# {self.case.full}: waiting {remaining:.0f}s more", flush=True)
+            print(f"# {self.owner}: waiting {remaining:.0f}s more", flush=True)
             time.sleep(remaining)
-        harness.current_owner = self.case.full
-        WATCHDOG.start(self.case.timeout, self.case.full)
+        harness.current_owner = self.owner
+        WATCHDOG.start(self.case.timeout, self.owner)
         try:
-            self.gen.send(None)
+            with self._mode():
+                self.gen.send(None)
             self.err = "test generator yielded twice"
         except StopIteration:
             pass
+        except NotRunnableOnC as e:
+            self.not_run = str(e)
         except TestTimeout:
             self.err = f"timed out after {self.case.timeout}s (daemon killed)"
         except Exception as e:  # noqa: BLE001
@@ -306,24 +414,38 @@ class Background:
         self.close()
 
     def close(self):
-        harness.current_owner = self.case.full
-        try:
-            if self.gen is not None:
-                self.gen.close()
-        except Exception as e:  # noqa: BLE001
-            if not self.err:
-                self.err, self.exc = describe_exception(e), e
-        try:
-            self.stack.close()
-        except Exception as e:  # noqa: BLE001
-            if not self.err:
-                self.err, self.exc = describe_exception(e), e
-        left = cleanup_owner(self.case.full)
-        if not self.err and left:
+        harness.current_owner = self.owner
+        with self._mode():
+            try:
+                if self.gen is not None:
+                    self.gen.close()
+            except Exception as e:  # noqa: BLE001
+                if not self.err:
+                    self.err, self.exc = describe_exception(e), e
+            try:
+                self.stack.close()
+            except Exception as e:  # noqa: BLE001
+                if not self.err:
+                    self.err, self.exc = describe_exception(e), e
+        left = cleanup_owner(self.owner)
+        if not self.err and not self.not_run and left:
             self.err = "left behind: " + "; ".join(left)
 
     def finish(self, res, verbose):
         report(self.case, res, self.err, _diag(self.ctx, self.exc) if self.err else [], verbose)
+
+    def outcome(self):
+        if self.not_run:
+            return Outcome(not_run=self.not_run)
+        return Outcome(self.err, _diag(self.ctx, self.exc) if self.err else [])
+
+
+def finish_background(case, pair, res, cres, verbose):
+    if cres is None:
+        pair["ours"].finish(res, verbose)
+    else:
+        c = pair.get("c")
+        report_pair(case, res, cres, pair["ours"].outcome(), c.outcome() if c else None, verbose)
 
 
 # --------------------------------------------------------------------------
@@ -359,10 +481,118 @@ def default_binary(repo_root):
 
 
 # --------------------------------------------------------------------------
+# --c-binary: the C daemon beside ours
+
+
+def load_differences(path, groups):
+    """c-differences.txt: `group.test  reason; see where` per entry, `#`
+    comments, indented lines continue the entry above. Returns (entries,
+    problems)."""
+    entries, problems, last = {}, [], None
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        return {}, [f"cannot read {path}: {e}"]
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            if last is None:
+                problems.append(f"line {n}: continuation without an entry")
+            else:
+                entries[last] = (entries[last] + " " + line.strip()).strip()
+            continue
+        name, _, text = line.strip().partition(" ")
+        if name in entries:
+            problems.append(f"line {n}: {name} listed twice")
+        entries[name], last = text.strip(), name
+    known = {c.full for cases in groups.values() for c in cases}
+    for name, text in entries.items():
+        if name not in known:
+            problems.append(f"{name}: no such test")
+        if not text:
+            problems.append(f"{name}: no reason given")
+        elif "README" not in text and ".md" not in text:
+            problems.append(f"{name}: does not say where the README explains it")
+    return entries, problems
+
+
+def inner_pid(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+        return int(kids[0]) if kids else None
+    except (OSError, ValueError):
+        return None
+
+
+def run_in_namespaces(args, argv, repo_root):
+    """The outer runner: build, then run this runner again in private mount,
+    network and PID namespaces (util-linux unshare), where it sets up what the
+    C daemon needs (harness.setup_c_namespace). Whatever it mounts or starts
+    there dies with the namespaces, also when it crashes."""
+    cbin = os.path.abspath(args.c_binary)
+    if os.geteuid() != 0:
+        print("--c-binary needs root (namespaces and mounts)", file=sys.stderr)
+        return 2
+    if not (os.path.isfile(cbin) and os.access(cbin, os.X_OK)):
+        print(f"--c-binary: not an executable file: {cbin}", file=sys.stderr)
+        return 2
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        print("--c-binary needs unshare (util-linux)", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    env[NS_ENV] = os.readlink("/proc/self/ns/mnt")
+    env.pop(BUILD_ERROR_ENV, None)
+    if args.build:
+        err = build(repo_root)
+        if err and not os.environ.get("PMXCFS_BIN"):
+            env[BUILD_ERROR_ENV] = err
+    inner = [a for a in argv if a not in ("--build", "--no-build")] + ["--no-build"]
+    cmd = [unshare, "--mount", "--net", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc",
+           "--propagation", "private", "--", sys.executable, os.path.join(HERE, "test")] + inner
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    p = subprocess.Popen(cmd, env=env)
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        while p.poll() is None:
+            info = signal.sigtimedwait(sigs, 0.2)
+            # a signal from a process (kill): pass it on to the runner inside;
+            # one from the terminal (Ctrl-C, hangup) reached it already
+            if info is not None and info.si_code <= 0:
+                pid = inner_pid(p.pid)
+                if pid:
+                    try:
+                        os.kill(pid, info.si_signo)
+                    except OSError:
+                        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+    rc = p.wait()
+    return rc if rc >= 0 else 128 - rc
+
+
+def c_summary(cres):
+    differ = cres.expected_diff + cres.unexpected
+    print(f"# tests that differ on the C daemon: {len(differ)} ({len(cres.expected_diff)} expected, "
+          f"{len(cres.unexpected)} unexpected)", flush=True)
+    if cres.unexpected:
+        print(f"# unexpected differences: {', '.join(cres.unexpected)}", flush=True)
+    if cres.listed_but_same:
+        print(f"# listed in {os.path.basename(C_DIFFERENCES)} but passed on C: "
+              f"{', '.join(cres.listed_but_same)}", flush=True)
+    print(f"c-daemon: {len(cres.same)} same, {len(cres.expected_diff)} expected differences, "
+          f"{len(cres.unexpected)} unexpected, {len(cres.not_run)} not run against C", flush=True)
+
+
+# --------------------------------------------------------------------------
 # main
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(
         prog="integration-tests/test",
         description="pmxcfs integration tests (run as root; real FUSE mounts)",
@@ -374,6 +604,9 @@ def main(argv=None):
     b.add_argument("--no-build", dest="build", action="store_false", help="do not build")
     ap.add_argument("-v", "--verbose", action="store_true", help="print daemon stderr and tracebacks on failure")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dirs of failed tests")
+    ap.add_argument("--c-binary", metavar="PATH",
+                    help="also run every test against this C pmxcfs (built outside the repo); "
+                         "expected differences: integration-tests/c-differences.txt")
     ap.add_argument("groups", nargs="*", metavar="GROUP", help="group or group.test to run (default: all)")
     args = ap.parse_args(argv)
 
@@ -402,11 +635,26 @@ def main(argv=None):
             print(f"unknown group: {sel} (groups: {', '.join(groups)})", file=sys.stderr)
             return 2
 
+    repo_root = os.path.dirname(HERE)
+    if args.c_binary and NS_ENV not in os.environ:
+        return run_in_namespaces(args, argv, repo_root)
+
     harness.KEEP_TMP = args.keep_tmp
     harness.set_child_subreaper()
-    repo_root = os.path.dirname(HERE)
     env_bin = os.environ.get("PMXCFS_BIN")
     harness.Config.binary = os.path.abspath(env_bin) if env_bin else default_binary(repo_root)
+
+    cres = None
+    if args.c_binary:
+        try:
+            harness.setup_c_namespace(os.environ[NS_ENV])
+        except Exception as e:  # noqa: BLE001
+            print(f"cannot prepare the namespaces for the C daemon: {e}", file=sys.stderr)
+            return 2
+        harness.Config.c_binary = os.path.abspath(args.c_binary)
+        harness.Config.build_error = os.environ.get(BUILD_ERROR_ENV) or None
+        expected, problems = load_differences(C_DIFFERENCES, groups)
+        cres = CResult(expected)
 
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGHUP, _sigterm)
@@ -415,45 +663,63 @@ def main(argv=None):
     res = Result()
     interrupted = None
     backgrounds = []
+    modes = ["ours"] if cres is None else ["ours", "c"]
     try:
         if args.build:
             err = build(repo_root)
             if err and not env_bin:
                 harness.Config.build_error = err
         print(f"# binary: {harness.Config.binary}", flush=True)
+        if cres is not None:
+            print(f"# C binary: {harness.Config.c_binary} (each test runs against ours, then C; "
+                  f"result `ours/C`)", flush=True)
+            for p in problems:
+                print(f"# {os.path.basename(C_DIFFERENCES)}: {p}", flush=True)
         # background tests start first, finish last
         for c in selected:
             if c.background:
-                bg = Background(c)
-                backgrounds.append(bg)
-                bg.phase1()
+                pair = {}
+                backgrounds.append((c, pair))
+                for m in modes:
+                    pair[m] = Background(c, m)
+                    pair[m].phase1()
         for c in selected:
             if not c.background:
-                run_plain(c, args.verbose, res)
-        for bg in list(backgrounds):
-            bg.phase2()
-            backgrounds.remove(bg)
-            bg.finish(res, args.verbose)
+                run_plain(c, args.verbose, res, cres)
+        for c, pair in list(backgrounds):
+            for m in modes:
+                pair[m].phase2()
+            backgrounds.remove((c, pair))
+            finish_background(c, pair, res, cres, args.verbose)
     except (KeyboardInterrupt, RunnerInterrupted) as e:
         interrupted = e
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        for bg in backgrounds:
+        for c, pair in backgrounds:
             try:
-                bg.err = bg.err or "interrupted"
-                bg.close()
-                bg.finish(res, args.verbose)
+                for bg in pair.values():
+                    if bg.mode == "ours" or bg.err:
+                        bg.err = bg.err or "interrupted"
+                    else:
+                        bg.not_run = bg.not_run or "interrupted"
+                    bg.close()
+                if "ours" in pair:
+                    finish_background(c, pair, res, cres, args.verbose)
             except BaseException:  # noqa: BLE001
                 pass
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        problems = harness.cleanup_all()
-        for p in problems:
+        problems_left = harness.cleanup_all()
+        for p in problems_left:
             print(f"# cleanup problem: {p}", flush=True)
         if interrupted is not None:
             print(f"# interrupted ({type(interrupted).__name__} {interrupted})", flush=True)
+        if cres is not None:
+            c_summary(cres)
         print(f"{res.passed} passed, {res.failed} failed", flush=True)
     if interrupted is not None:
         return 130
+    if cres is not None and cres.unexpected:
+        return 1
     return 0 if res.failed == 0 and res.passed > 0 else 1
