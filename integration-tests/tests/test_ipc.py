@@ -464,6 +464,8 @@ def test_sigkill_client_leaves_no_shm(t):
     c = qb.spawn(svc, "req", 1, "-", "sleep", 30000)
     dirs = wait_for(lambda: qb.shm_dirs(d.pid, c.pid), 10, what="the client's shared memory dir")
     eq(len(dirs), 1, f"shm dirs of the client {dirs}")
+    # the server creates the dir first, then the files one by one (libqb)
+    wait_for(lambda: len(os.listdir(os.path.join("/dev/shm", dirs[0]))) >= 6, 5, what=f"the ring files in {dirs[0]}")
     files = sorted(os.listdir(os.path.join("/dev/shm", dirs[0])))
     eq(len(files), 6, f"files in {dirs[0]} (request/response/event header+data): {files}")
     c.kill(signal.SIGKILL)

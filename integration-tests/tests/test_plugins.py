@@ -207,7 +207,7 @@ def test_debug_switches_logging(t):
     d = t.daemon()
 
     def debug_lines():
-        return sum(1 for l in d.stderr_text().splitlines() if "DEBUG" in l)
+        return sum(1 for l in d.stderr_text().splitlines() if "DEBUG" in l or "] debug: " in l)  # ours, C
 
     def some_fs_work(tag):
         write(d.path(f"debugprobe-{tag}"), b"x")
