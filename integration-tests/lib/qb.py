@@ -22,6 +22,7 @@ get_log, vmid_prop, vmid_props, raw_msg. Errors are negative errno values.
 import errno
 import json
 import os
+import time
 import select
 import shutil
 import struct
@@ -267,13 +268,31 @@ class Client:
         self.pid = self.popen.pid
         self.watch = harness.ProcWatch(self.pid, self.popen)
         harness.register_proc(self.watch)
+        self._early = b""
+
+    def wait_lines(self, n, timeout=10):
+        """Wait until the client has printed n lines (kept for finish());
+        returns them."""
+        import select
+        fd = self.popen.stdout.fileno()
+        end = time.monotonic() + timeout
+        while self._early.count(b"\n") < n and time.monotonic() < end:
+            r, _, _ = select.select([fd], [], [], 0.05)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                self._early += chunk
+        return [Line(l) for l in self._early.decode(errors="replace").splitlines() if l.strip()]
 
     def finish(self, timeout=20):
         try:
             out, err = self.popen.communicate(timeout=timeout)
+            out = self._early + out
         except subprocess.TimeoutExpired:
             self.popen.kill()
             out, err = self.popen.communicate()
+            out = self._early + out
             raise TestFailure(
                 f"libqb client {self.argv[2:8]} did not finish within {timeout}s "
                 f"(daemon not answering?); output so far {out.decode(errors='replace')[:300]!r}"
