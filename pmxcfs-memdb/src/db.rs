@@ -18,7 +18,7 @@ use crate::error::MemDbError;
 use crate::index;
 use crate::locks::LockCache;
 use crate::path::{dir_contains_vm_config, is_bad_name, path_contains_vm_config, split_path};
-use crate::tree::{Entry, Tree};
+use crate::tree::{Content, Entry, Tree};
 use crate::vmlist::{VmEntry, VmList};
 
 /// Told about changes so that `.version` can count them (status.c
@@ -387,11 +387,13 @@ impl MemDb {
             let mut st = self.write_state();
             let e = st.detached.get_mut(&inode).ok_or(Errno::ENOENT)?;
             let (offset, end) = (offset as usize, end as usize);
-            if truncate || end > e.data.len() {
-                let keep = if truncate { end } else { end.max(e.data.len()) };
-                e.data.resize(keep, 0);
+            let mut content = e.data.to_vec();
+            if truncate || end > content.len() {
+                let keep = if truncate { end } else { end.max(content.len()) };
+                content.resize(keep, 0);
             }
-            e.data[offset..end].copy_from_slice(data);
+            content[offset..end].copy_from_slice(data);
+            e.data = content.into();
             return Ok(data.len());
         }
         if w.errors {
@@ -616,15 +618,19 @@ impl MemDb {
                 } else {
                     old_size
                 };
-                let mut buf = Vec::with_capacity(new_size);
-                buf.extend_from_slice(&old.data[..old_size.min(new_size)]);
+                // the old content only where the write leaves some of it
+                let mut buf = if offset == 0 && end == new_size {
+                    Vec::with_capacity(new_size)
+                } else {
+                    old.data.read_at(0, new_size)
+                };
                 buf.resize(new_size, 0);
                 buf[offset..end].copy_from_slice(data);
                 Entry {
                     version,
                     writer,
                     mtime,
-                    data: buf,
+                    data: buf.into(),
                     children: Default::default(),
                     name: old.name.clone(),
                     ..*old
@@ -644,7 +650,7 @@ impl MemDb {
                     mtime,
                     kind: FileKind::File,
                     name: base.to_string(),
-                    data: buf,
+                    data: buf.into(),
                     children: Default::default(),
                 }
             }
@@ -677,7 +683,7 @@ impl MemDb {
             mtime,
             kind: FileKind::Dir,
             name: base.to_string(),
-            data: Vec::new(),
+            data: Default::default(),
             children: Default::default(),
         };
         Self::commit(w, version, Some(&entry), None, writer, mtime)?;
@@ -896,9 +902,7 @@ impl MemDb {
         if e.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let start = (offset.min(e.data.len() as u64)) as usize;
-        let end = start.saturating_add(size).min(e.data.len());
-        Ok(e.data[start..end].to_vec())
+        Ok(e.data.read_at(offset, size))
     }
 
     /// The whole content of a file (`memdb_read`); None if missing or a dir.
@@ -911,7 +915,7 @@ impl MemDb {
             .tree
             .lookup_entry(normalize(path))
             .filter(|e| !e.is_dir())
-            .map(|e| e.data.clone())
+            .map(|e| e.data.to_vec())
     }
 
     /// The entries of a directory, sorted by name.

@@ -16,7 +16,7 @@ pub(crate) struct Entry {
     pub kind: FileKind,
     pub name: String,
     /// File contents; always empty for directories.
-    pub data: Vec<u8>,
+    pub data: Data,
     /// Children by name; always empty for files.
     pub children: BTreeMap<String, Inode>,
 }
@@ -185,7 +185,6 @@ pub(crate) trait Content {
     /// Call `f` with the whole content.
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
     /// Up to `size` bytes from `offset` (fewer at the end, none past it).
-    #[allow(dead_code)] // for db.rs
     fn read_at(&self, offset: u64, size: usize) -> Vec<u8>;
 }
 
@@ -227,7 +226,7 @@ impl Data {
         self.len as usize
     }
 
-    #[allow(dead_code)] // for db.rs
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
