@@ -18,7 +18,11 @@
 mod bytes;
 pub mod dcdb;
 pub mod kvstore;
+pub mod machine;
 pub mod wire;
+
+#[cfg(test)]
+mod machine_tests;
 
 pub use dcdb::{
     decode_operation, encode_operation, DcdbError, DcdbMessageType, IndexEntry, MemdbIndex,
