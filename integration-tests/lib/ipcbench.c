@@ -21,6 +21,13 @@
  *   --barrier         after connecting and warming up, print "ready" and
  *                     wait for one byte on stdin before the timed loop (so
  *                     that several copies start together)
+ *   --lat-out FILE    write the latency of every timed round trip to FILE,
+ *                     in ns, as native-endian uint64 in the order measured
+ *                     (so that several clients' samples can be pooled)
+ *   --pad P           send P zero bytes after the payload that the header's
+ *                     size does not count (the C server's LOG_CLUSTER_MSG
+ *                     checks the byte after the message, which is otherwise
+ *                     whatever the ring holds there)
  *
  * Output (stdout), one line:
  *   count=<timed round trips done> seconds=<wall time of the timed loop>
@@ -139,7 +146,7 @@ int main(int argc, char **argv)
 {
     if (argc < 5) {
         fprintf(stderr, "usage: ipcbench SERVICE ID N HEX [--warmup W] [--time-cap S] "
-                        "[--stamp OFF START] [--stamp-step STEP] [--expect E] [--barrier]\n");
+                        "[--stamp OFF START] [--stamp-step STEP] [--expect E] [--barrier] [--lat-out FILE] [--pad P]\n");
         return 2;
     }
     const char *service = argv[1];
@@ -151,6 +158,8 @@ int main(int argc, char **argv)
     double time_cap = 30.0;
     int32_t expect = 0;
     int barrier = 0;
+    const char *lat_out = NULL;
+    long pad = 0;
     struct stamp st = {0};
     st.step = 1;
 
@@ -169,12 +178,16 @@ int main(int argc, char **argv)
             expect = (int32_t)strtol(argv[++i], NULL, 0);
         } else if (strcmp(argv[i], "--barrier") == 0) {
             barrier = 1;
+        } else if (strcmp(argv[i], "--lat-out") == 0 && i + 1 < argc) {
+            lat_out = argv[++i];
+        } else if (strcmp(argv[i], "--pad") == 0 && i + 1 < argc) {
+            pad = strtol(argv[++i], NULL, 0);
         } else {
             fprintf(stderr, "ipcbench: bad option %s\n", argv[i]);
             return 2;
         }
     }
-    if (n < 1 || warmup < 0 || (st.on && st.off + 10 > plen)) {
+    if (n < 1 || warmup < 0 || pad < 0 || pad > 4096 || (st.on && st.off + 10 > plen)) {
         fprintf(stderr, "ipcbench: bad N, warm-up or stamp offset\n");
         return 2;
     }
@@ -197,11 +210,13 @@ int main(int argc, char **argv)
     memset(&hdr, 0, sizeof hdr);
     hdr.id = id;
     hdr.size = (int32_t)(sizeof hdr + plen);
-    struct iovec iov[2] = {
+    static char zeros[4096];
+    struct iovec iov[3] = {
         {.iov_base = &hdr, .iov_len = sizeof hdr},
         {.iov_base = payload, .iov_len = plen},
+        {.iov_base = zeros, .iov_len = (size_t)pad},
     };
-    int iovcnt = plen ? 2 : 1;
+    int iovcnt = 3;
 
     long errors = 0;
     long long first_error = 0;
@@ -256,6 +271,16 @@ int main(int argc, char **argv)
             break;
     }
     double t_end = now_s();
+
+    if (lat_out) {
+        FILE *f = fopen(lat_out, "wb");
+        if (!f || fwrite(lat, sizeof lat[0], (size_t)done, f) != (size_t)done || fclose(f) != 0) {
+            fprintf(stderr, "ipcbench: cannot write %s: %s\n", lat_out, strerror(errno));
+            printf("lat_out_failed\n");
+            qb_ipcc_disconnect(conn);
+            return 2;
+        }
+    }
 
     qsort(lat, (size_t)done, sizeof lat[0], cmp_u64);
     printf("count=%ld seconds=%.6f p50_us=%.2f p99_us=%.2f start=%.6f end=%.6f "
