@@ -565,6 +565,49 @@ impl Backend {
         Ok(())
     }
 
+    /// A resync (`bdb_backend_commit_update`): in one transaction delete
+    /// `deletes`, write `entries` and the root row, load the whole tree
+    /// again (with every load check) and commit only if `accept` takes the
+    /// loaded tree; otherwise (or on any error) roll back. Returns the new
+    /// tree.
+    pub fn commit_sync(
+        &self,
+        deletes: &[Inode],
+        entries: &[Entry],
+        root: RootRow,
+        accept: impl FnOnce(&Tree) -> Result<(), String>,
+    ) -> Result<Tree, MemDbError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.err("begin transaction", e))?;
+        for &del in deletes {
+            self.write_rows(&RowWrite {
+                entry: None,
+                delete: Some(del),
+                root,
+            })?;
+        }
+        for e in entries {
+            self.write_rows(&RowWrite {
+                entry: Some(e),
+                delete: None,
+                root,
+            })?;
+        }
+        self.write_root(&root)?;
+        let tree = self.load()?;
+        if let Err(reason) = accept(&tree) {
+            // dropping the transaction rolls it back
+            return Err(MemDbError::Inconsistent {
+                path: self.path.clone(),
+                reason,
+            });
+        }
+        tx.commit().map_err(|e| self.err("commit transaction", e))?;
+        Ok(tree)
+    }
+
     /// Merge the WAL into the database file (on clean shutdown).
     pub fn checkpoint(&self) -> Result<(), MemDbError> {
         self.conn

@@ -70,6 +70,22 @@ pub struct DirEntry {
     pub attr: EntryAttr,
 }
 
+/// One entry as a resync carries it (`memdb_tree_entry_t` in an UPDATE):
+/// the leader reads it with [`MemDb::sync_entry`], the others write it
+/// with [`MemDb::commit_sync`]. Inode 0 is the root (its version, writer
+/// and mtime are the `__version__` row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncEntry {
+    pub inode: Inode,
+    pub parent: Inode,
+    pub version: u64,
+    pub writer: u32,
+    pub mtime: u32,
+    pub kind: FileKind,
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
 /// statfs figures (`memdb_statfs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatFs {
@@ -120,8 +136,10 @@ impl State {
         }
     }
 
+    /// An open file's entry: its detached content if it was removed while
+    /// open, else the tree's.
     fn file(&self, inode: Inode) -> Option<&Entry> {
-        self.tree.get(inode).or_else(|| self.detached.get(&inode))
+        self.detached.get(&inode).or_else(|| self.tree.get(inode))
     }
 }
 
@@ -389,7 +407,11 @@ impl MemDb {
             let (offset, end) = (offset as usize, end as usize);
             let mut content = e.data.to_vec();
             if truncate || end > content.len() {
-                let keep = if truncate { end } else { end.max(content.len()) };
+                let keep = if truncate {
+                    end
+                } else {
+                    end.max(content.len())
+                };
                 content.resize(keep, 0);
             }
             content[offset..end].copy_from_slice(data);
@@ -869,12 +891,12 @@ impl MemDb {
     pub fn getattr_inode(&self, inode: Inode) -> Option<EntryAttr> {
         self.settle_for_read(inode);
         let st = self.read_state();
-        match st.tree.get(inode) {
-            Some(e) => Some(EntryAttr::of(e)),
-            None => st.detached.get(&inode).map(|e| EntryAttr {
+        match st.detached.get(&inode) {
+            Some(e) => Some(EntryAttr {
                 detached: true,
                 ..EntryAttr::of(e)
             }),
+            None => st.tree.get(inode).map(EntryAttr::of),
         }
     }
 
@@ -999,6 +1021,141 @@ impl MemDb {
     pub fn vmlist(&self) -> (u64, Vec<VmEntry>) {
         let st = self.read_state();
         (st.vmlist.version, st.vmlist.sorted())
+    }
+
+    /// The entry `inode` (0: the root) as a resync sends it.
+    pub fn sync_entry(&self, inode: Inode) -> Option<SyncEntry> {
+        self.settle_all();
+        let st = self.read_state();
+        let e = st.tree.get(inode)?;
+        Some(SyncEntry {
+            inode: e.inode,
+            parent: e.parent,
+            version: e.version,
+            writer: e.writer,
+            mtime: e.mtime,
+            kind: e.kind,
+            name: e.name.clone(),
+            data: e.data.to_vec(),
+        })
+    }
+
+    /// Make this database the leader's (`bdb_backend_commit_update`): in
+    /// one transaction, delete every inode the leader's index
+    /// (`master_index`, as `encode_index` encodes it) lacks, write the
+    /// `updates` (the leader's entries that differ here; inode 0 is the
+    /// root), reload, and commit only if the reloaded tree encodes exactly
+    /// to `master_index`. Then the tree, the VM list and the lock cache are
+    /// replaced as a whole (open files that are gone stay detached for
+    /// their handles). Any failure rolls back and puts the database in its
+    /// failed state, as in C.
+    pub fn commit_sync(&self, master_index: &[u8], updates: &[SyncEntry]) -> Result<(), Errno> {
+        let mut w = self.lock_writer();
+        if w.errors {
+            return Err(Errno::EIO);
+        }
+        let Some(master) = index::index_inodes(master_index) else {
+            tracing::error!("resync: the leader's index is malformed");
+            return Err(Errno::EINVAL);
+        };
+        let master: std::collections::HashSet<u64> = master.into_iter().collect();
+        let (deletes, mut root) = {
+            let st = self.read_state();
+            let deletes: Vec<Inode> = st
+                .tree
+                .entries
+                .keys()
+                .filter(|i| **i != Inode::ROOT && !master.contains(&i.0))
+                .copied()
+                .collect();
+            let r = st.tree.root();
+            let root = RootRow {
+                version: r.version,
+                writer: r.writer,
+                mtime: r.mtime,
+            };
+            (deletes, root)
+        };
+        let mut entries = Vec::with_capacity(updates.len());
+        for u in updates {
+            if u.inode == Inode::ROOT {
+                root = RootRow {
+                    version: u.version,
+                    writer: u.writer,
+                    mtime: u.mtime,
+                };
+                continue;
+            }
+            entries.push(Entry {
+                inode: u.inode,
+                parent: u.parent,
+                version: u.version,
+                writer: u.writer,
+                mtime: u.mtime,
+                kind: u.kind,
+                name: u.name.clone(),
+                data: u.data.as_slice().into(),
+                children: Default::default(),
+            });
+        }
+        let accept = |tree: &Tree| {
+            if index::encode_index(tree) == master_index {
+                Ok(())
+            } else {
+                Err("new index does not match master index".to_string())
+            }
+        };
+        let tree = match w.backend.commit_sync(&deletes, &entries, root, accept) {
+            Ok(tree) => tree,
+            Err(e) => {
+                tracing::error!("resync failed: {e}");
+                w.errors = true;
+                return Err(Errno::EIO);
+            }
+        };
+        let mut vmlist = VmList::default();
+        let dups = rebuild_vmlist(&tree, &mut vmlist);
+        if !dups.is_empty() {
+            tracing::error!("resync: duplicate VMID(s) {dups:?}");
+            w.errors = true;
+        }
+        rebuild_locks(&tree, &mut w.locks);
+        {
+            let mut st = self.write_state();
+            let old = std::mem::replace(&mut st.tree, tree);
+            // the VM list version goes on counting from the old list
+            vmlist.version = vmlist.version.max(st.vmlist.version + 1);
+            st.vmlist = vmlist;
+            // An open file is gone when the new tree lacks its inode or
+            // holds another file there (a diverged node may have used the
+            // same inode number for something else): its handles keep it.
+            // (Limitation: until they are closed, the detached file also
+            // shadows the new one of that number.)
+            let open: Vec<Inode> = st.open.keys().copied().collect();
+            let mut old = old;
+            for i in open {
+                let same = |a: &Entry, b: &Entry| {
+                    a.parent == b.parent && a.name == b.name && a.kind == b.kind
+                };
+                let gone = match (old.entries.get(&i), st.tree.get(i)) {
+                    (Some(o), Some(n)) => !same(o, n),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if gone && !st.detached.contains_key(&i) {
+                    if let Some(e) = old.entries.remove(&i).filter(|e| !e.is_dir()) {
+                        st.detached.insert(i, e);
+                    }
+                }
+            }
+        }
+        if let Some(o) = &self.observer {
+            o.reloaded();
+        }
+        if w.errors {
+            return Err(Errno::EIO);
+        }
+        Ok(())
     }
 
     /// Merge the WAL into the main file (clean shutdown).

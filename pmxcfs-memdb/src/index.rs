@@ -42,6 +42,24 @@ impl IndexHeader {
     }
 }
 
+/// The inodes of an encoded index, in its order; None if the bytes are not
+/// an index (sizes disagree).
+pub(crate) fn index_inodes(buf: &[u8]) -> Option<Vec<u64>> {
+    let h = IndexHeader::parse(buf)?;
+    let n = h.size as usize;
+    if h.bytes as usize != buf.len() || INDEX_HEADER_SIZE + n * INDEX_ENTRY_SIZE != buf.len() {
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|i| {
+                let o = INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE;
+                u64::from_le_bytes(buf[o..o + 8].try_into().unwrap_or([0; 8]))
+            })
+            .collect(),
+    )
+}
+
 fn hash_fields(h: &mut Sha256, e: &Entry) {
     h.update(e.version.to_le_bytes());
     h.update(e.writer.to_le_bytes());
