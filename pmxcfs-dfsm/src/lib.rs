@@ -23,6 +23,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod machine_tests;
+#[cfg(test)]
+mod sim;
 
 pub use dcdb::{
     decode_operation, encode_operation, DcdbError, DcdbMessageType, IndexEntry, MemdbIndex,

@@ -83,10 +83,49 @@ impl SyncInfo {
 }
 
 /// An application error that makes this node leave the group (C: a
-/// callback result below 0).
+/// callback result below 0); `permanent` ones stop it for good (C:
+/// `dfsm_set_errormode`, e.g. when the database failed).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct AppError(pub String);
+#[error("{msg}")]
+pub struct AppError {
+    pub msg: String,
+    pub permanent: bool,
+}
+
+impl AppError {
+    pub fn leave(msg: impl Into<String>) -> Self {
+        AppError {
+            msg: msg.into(),
+            permanent: false,
+        }
+    }
+
+    pub fn permanent(msg: impl Into<String>) -> Self {
+        AppError {
+            msg: msg.into(),
+            permanent: true,
+        }
+    }
+}
+
+/// What a delivered NORMAL message's application learns besides the
+/// message, and where it puts NORMAL messages of its own (dcdb's UNLOCK).
+#[derive(Debug)]
+pub struct DeliverCtx {
+    pub from: Member,
+    /// The sender is this process.
+    pub local: bool,
+    /// This node has the lowest node id of the group.
+    pub lowest: bool,
+    sends: Vec<(u16, Vec<u8>)>,
+}
+
+impl DeliverCtx {
+    /// Multicast a NORMAL message of this process after this delivery.
+    pub fn send(&mut self, subtype: u16, payload: Vec<u8>) {
+        self.sends.push((subtype, payload));
+    }
+}
 
 /// Where the application puts the UPDATE messages it sends as leader.
 #[derive(Debug, Default)]
@@ -114,7 +153,7 @@ pub trait Application {
     /// leaves the group.
     fn deliver(
         &mut self,
-        from: Member,
+        ctx: &mut DeliverCtx,
         subtype: u16,
         time: u32,
         payload: &[u8],
@@ -421,8 +460,13 @@ impl Dfsm {
     }
 
     fn leave(&mut self, why: &AppError, app: &mut dyn Application, out: &mut Out) {
-        tracing::error!("leaving CPG group: {why}");
-        self.set_mode(Mode::Leave, app, out);
+        if why.permanent {
+            tracing::error!("serious internal error - stop cluster connection: {why}");
+            self.set_mode(Mode::Error, app, out);
+        } else {
+            tracing::error!("leaving CPG group: {why}");
+            self.set_mode(Mode::Leave, app, out);
+        }
         self.release_sync_resources(app);
     }
 
@@ -484,12 +528,22 @@ impl Dfsm {
                 if self.mode != Mode::Synced {
                     return self.queue_message(from, count, raw);
                 }
-                let res = app.deliver(from, subtype, time, &payload);
+                let mut ctx = DeliverCtx {
+                    from,
+                    local: from == self.me,
+                    lowest: self.is_lowest(),
+                    sends: Vec::new(),
+                };
+                let res = app.deliver(&mut ctx, subtype, time, &payload);
                 if from == self.me {
                     out.push(Output::LocalResult {
                         count,
                         result: res.as_ref().ok().copied(),
                     });
+                }
+                for (subtype, payload) in ctx.sends {
+                    let (_, msg) = self.normal_message(subtype, &payload, now);
+                    out.push(Output::Send(msg));
                 }
                 res.map(|_| ())
             }
@@ -527,13 +581,13 @@ impl Dfsm {
             WireError::UnknownType { .. } if synced => Ok(()),
             // a verify message of the wrong size is ignored when not synced
             WireError::BadLength { .. } if !synced => Ok(()),
-            _ => Err(AppError(format!("bad message: {e}"))),
+            _ => Err(AppError::leave(format!("bad message: {e}"))),
         }
     }
 
     fn queue_message(&mut self, from: Member, count: u64, raw: &[u8]) -> Result<(), AppError> {
         let Some(i) = self.sync.find(from) else {
-            return Err(AppError(format!(
+            return Err(AppError::leave(format!(
                 "message from non-member {}/{}",
                 from.nodeid, from.pid
             )));
@@ -598,7 +652,7 @@ impl Dfsm {
                 }
                 if self.csum_id == csum_id && self.csum_epoch == epoch {
                     if csum != self.csum {
-                        return Err(AppError("wrong checksum - restarting".into()));
+                        return Err(AppError::leave("wrong checksum - restarting"));
                     }
                     tracing::info!("data verification successful");
                 } else {
@@ -620,7 +674,7 @@ impl Dfsm {
                 self.release_sync_resources(app);
                 let state = app.get_state()?;
                 if state.is_empty() {
-                    return Err(AppError("get_state gave no state".into()));
+                    return Err(AppError::leave("get_state gave no state"));
                 }
                 out.push(self.state_message(
                     DfsmMessage::State {
@@ -633,13 +687,13 @@ impl Dfsm {
             }
             (Mode::StartSync, DfsmMessage::State { state, .. }) => {
                 let Some(i) = self.sync.find(from) else {
-                    return Err(AppError(format!(
+                    return Err(AppError::leave(format!(
                         "received state for non-member {}/{}",
                         from.nodeid, from.pid
                     )));
                 };
                 if self.sync.nodes[i].state.is_some() {
-                    return Err(AppError(format!(
+                    return Err(AppError::leave(format!(
                         "received duplicate state for member {}/{}",
                         from.nodeid, from.pid
                     )));
@@ -694,7 +748,7 @@ impl Dfsm {
                 tracing::debug!("ignore verify message while not synced");
                 Ok(())
             }
-            (mode, msg) => Err(AppError(format!(
+            (mode, msg) => Err(AppError::leave(format!(
                 "unexpected state message {:?} in mode {mode:?}",
                 msg.msg_type()
             ))),
@@ -731,7 +785,7 @@ impl Dfsm {
         if ok {
             Ok(())
         } else {
-            Err(AppError("sync queue not delivered".into()))
+            Err(AppError::leave("sync queue not delivered"))
         }
     }
 
@@ -772,7 +826,7 @@ impl Dfsm {
                         }
                     }
                 }
-                _ => return Err(AppError("queue delivered in a wrong mode".into())),
+                _ => return Err(AppError::leave("queue delivered in a wrong mode")),
             }
         }
         Ok(())

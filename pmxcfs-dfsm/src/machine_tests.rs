@@ -3,12 +3,11 @@
 //! one, leaders leaving mid-update, protocol versions, verification.
 //! Seeded and replayable: a failing seed is printed.
 
-use std::collections::{BTreeMap, VecDeque};
-
-use pmxcfs_api_types::NodeId;
+use std::collections::BTreeMap;
 
 use crate::bytes::test_util::Rng;
-use crate::machine::{AppError, Application, Dfsm, Member, Mode, Output, SyncInfo, Updates};
+use crate::machine::{AppError, Application, DeliverCtx, Member, Mode, Output, SyncInfo, Updates};
+use crate::sim::{all, Fingerprint, Net};
 use crate::wire::{DfsmMessage, CSUM_SIZE};
 
 const PROTO: u32 = 1;
@@ -50,15 +49,27 @@ impl KvApp {
     }
 }
 
+impl Fingerprint for KvApp {
+    fn fingerprint(&self) -> Vec<u8> {
+        self.encode()
+    }
+}
+
+impl Net<KvApp> {
+    fn new(n: u32) -> Self {
+        Net::new_with(n, PROTO, |_| KvApp::default())
+    }
+}
+
 impl Application for KvApp {
     fn deliver(
         &mut self,
-        _from: Member,
+        _ctx: &mut DeliverCtx,
         _subtype: u16,
         _time: u32,
         p: &[u8],
     ) -> Result<i32, AppError> {
-        let k = String::from_utf8(p.to_vec()).map_err(|_| AppError("bad op".into()))?;
+        let k = String::from_utf8(p.to_vec()).map_err(|_| AppError::leave("bad op"))?;
         *self.data.entry(k).or_insert(0) += 1;
         self.version += 1;
         Ok(0)
@@ -104,7 +115,7 @@ impl Application for KvApp {
         update: &[u8],
     ) -> Result<(), AppError> {
         if Some(from) != self.leader {
-            return Err(AppError("update from a non-leader".into()));
+            return Err(AppError::leave("update from a non-leader"));
         }
         self.incoming = Some(update.to_vec());
         Ok(())
@@ -114,8 +125,8 @@ impl Application for KvApp {
         let b = self
             .incoming
             .take()
-            .ok_or(AppError("commit without update".into()))?;
-        let (v, d) = KvApp::decode(&b).ok_or(AppError("bad update".into()))?;
+            .ok_or(AppError::leave("commit without update"))?;
+        let (v, d) = KvApp::decode(&b).ok_or(AppError::leave("bad update"))?;
         self.version = v;
         self.data = d;
         Ok(())
@@ -132,216 +143,6 @@ impl Application for KvApp {
         }
         Some(Ok(c))
     }
-}
-
-struct Proc {
-    m: Member,
-    dfsm: Dfsm,
-    app: KvApp,
-    /// counts of this process's messages answered, with their result
-    answered: BTreeMap<u64, Option<i32>>,
-    /// counts sent and not answered yet
-    waiting: Vec<u64>,
-    aborted: usize,
-}
-
-/// A scripted CPG: one agreed order of configuration changes and messages
-/// for all members.
-struct Net {
-    procs: Vec<Proc>,
-    members: Vec<Member>,
-    pending: VecDeque<(Member, Vec<u8>)>,
-    now: u32,
-    log: Vec<String>,
-    /// members leaving in the configuration change being applied
-    departing: Vec<Member>,
-    /// members that fell into LEAVE while staying in the group
-    spurious_leaves: usize,
-}
-
-impl Net {
-    fn new(n: u32) -> Self {
-        let procs = (1..=n)
-            .map(|i| {
-                let m = Member {
-                    nodeid: NodeId(i),
-                    pid: 100 + i,
-                };
-                Proc {
-                    m,
-                    dfsm: Dfsm::new(m.nodeid, m.pid, PROTO),
-                    app: KvApp::default(),
-                    answered: BTreeMap::new(),
-                    waiting: Vec::new(),
-                    aborted: 0,
-                }
-            })
-            .collect();
-        Net {
-            procs,
-            members: Vec::new(),
-            pending: VecDeque::new(),
-            now: 1_700_000_000,
-            log: Vec::new(),
-            departing: Vec::new(),
-            spurious_leaves: 0,
-        }
-    }
-
-    fn idx(&self, m: Member) -> usize {
-        self.procs.iter().position(|p| p.m == m).expect("member")
-    }
-
-    fn handle(&mut self, i: usize, out: Vec<Output>) {
-        let from = self.procs[i].m;
-        for o in out {
-            match o {
-                Output::Send(b) => self.pending.push_back((from, b)),
-                Output::LocalResult { count, result } => {
-                    let p = &mut self.procs[i];
-                    assert!(
-                        p.answered.insert(count, result).is_none(),
-                        "{from:?}: message {count} answered twice"
-                    );
-                    p.waiting.retain(|&c| c != count);
-                }
-                Output::AbortWaiters => {
-                    let p = &mut self.procs[i];
-                    p.aborted += p.waiting.len();
-                    p.waiting.clear();
-                }
-                Output::Mode(m) => {
-                    if m == Mode::Leave
-                        && self.members.contains(&from)
-                        && !self.departing.contains(&from)
-                    {
-                        self.spurious_leaves += 1;
-                    }
-                    self.log.push(format!("{from:?} -> {m:?}"))
-                }
-            }
-        }
-    }
-
-    /// A process sends an op (if it is a synced or syncing member).
-    fn submit(&mut self, i: usize, key: &str) {
-        if !self.members.contains(&self.procs[i].m) || self.procs[i].dfsm.mode().is_error() {
-            return;
-        }
-        self.now += 1;
-        let (count, bytes) = self.procs[i]
-            .dfsm
-            .normal_message(0, key.as_bytes(), self.now);
-        self.procs[i].waiting.push(count);
-        let m = self.procs[i].m;
-        self.pending.push_back((m, bytes));
-    }
-
-    /// Deliver the next message to every member.
-    fn deliver_one(&mut self) -> bool {
-        let Some((from, bytes)) = self.pending.pop_front() else {
-            return false;
-        };
-        self.now += 1;
-        for m in self.members.clone() {
-            let i = self.idx(m);
-            let now = self.now;
-            let p = &mut self.procs[i];
-            let out = p.dfsm.deliver(from, &bytes, now, &mut p.app);
-            self.handle(i, out);
-        }
-        true
-    }
-
-    /// A new membership. `flush`: deliver what is pending first (messages
-    /// sent in the old configuration); otherwise what is pending is
-    /// delivered after the change (members that had not seen it yet sent
-    /// it), except messages of members that left.
-    fn confchg(&mut self, new: Vec<Member>, flush: bool) {
-        if flush {
-            while self.deliver_one() {}
-        } else {
-            self.pending.retain(|(f, _)| new.contains(f));
-        }
-        let joined = new.iter().filter(|m| !self.members.contains(m)).count();
-        // members that are not in the new configuration see it without
-        // themselves (they left), then the service restarts them
-        self.now += 1;
-        self.departing = self
-            .members
-            .iter()
-            .copied()
-            .filter(|m| !new.contains(m))
-            .collect();
-        for m in self.members.clone() {
-            if new.contains(&m) {
-                continue;
-            }
-            let i = self.idx(m);
-            let now = self.now;
-            let p = &mut self.procs[i];
-            let out = p.dfsm.confchg(&new, joined, now, &mut p.app);
-            self.handle(i, out);
-            let p = &mut self.procs[i];
-            if let Some(out) = p.dfsm.restart(&mut p.app) {
-                self.handle(i, out);
-            }
-        }
-        self.now += 1;
-        self.members = new.clone();
-        self.members.sort();
-        for m in self.members.clone() {
-            let i = self.idx(m);
-            let now = self.now;
-            let p = &mut self.procs[i];
-            let out = p.dfsm.confchg(&new, joined, now, &mut p.app);
-            self.handle(i, out);
-        }
-    }
-
-    /// Members that fell into LEAVE leave the group (the service does so).
-    fn members_in_good_mode(&self) -> Vec<Member> {
-        self.members
-            .iter()
-            .copied()
-            .filter(|m| !self.procs[self.idx(*m)].dfsm.mode().is_error())
-            .collect()
-    }
-
-    fn settle(&mut self) {
-        for _ in 0..20 {
-            while self.deliver_one() {}
-            let good = self.members_in_good_mode();
-            if good.len() == self.members.len() {
-                return;
-            }
-            self.confchg(good, true);
-        }
-        panic!("did not settle: {:?}", self.log);
-    }
-
-    fn check_converged(&self, what: &str) {
-        let first = &self.procs[self.idx(self.members[0])];
-        for &m in &self.members {
-            let p = &self.procs[self.idx(m)];
-            assert_eq!(p.dfsm.mode(), Mode::Synced, "{what}: {m:?} not synced");
-            assert_eq!(
-                p.app.data, first.app.data,
-                "{what}: {m:?} differs from {:?}",
-                first.m
-            );
-            assert_eq!(p.app.version, first.app.version, "{what}: versions");
-        }
-    }
-}
-
-fn all(n: u32) -> Vec<Member> {
-    (1..=n)
-        .map(|i| Member {
-            nodeid: NodeId(i),
-            pid: 100 + i,
-        })
-        .collect()
 }
 
 #[test]
