@@ -17,6 +17,7 @@
 
 mod bytes;
 pub mod dcdb;
+pub mod dcdb_app;
 pub mod kvstore;
 pub mod machine;
 pub mod wire;
@@ -25,6 +26,8 @@ pub mod wire;
 mod machine_tests;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod dcdb_app_tests;
 
 pub use dcdb::{
     decode_operation, encode_operation, DcdbError, DcdbMessageType, IndexEntry, MemdbIndex,

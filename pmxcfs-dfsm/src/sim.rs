@@ -113,16 +113,23 @@ impl<A: Application + Fingerprint> Net<A> {
 
     /// A process sends an op (if it is a synced or syncing member).
     pub(crate) fn submit(&mut self, i: usize, key: &str) {
+        self.submit_msg(i, 0, key.as_bytes());
+    }
+
+    /// A process sends a NORMAL message; its counter (None if the process
+    /// is not a member in a good mode).
+    pub(crate) fn submit_msg(&mut self, i: usize, subtype: u16, payload: &[u8]) -> Option<u64> {
         if !self.members.contains(&self.procs[i].m) || self.procs[i].dfsm.mode().is_error() {
-            return;
+            return None;
         }
         self.now += 1;
         let (count, bytes) = self.procs[i]
             .dfsm
-            .normal_message(0, key.as_bytes(), self.now);
+            .normal_message(subtype, payload, self.now);
         self.procs[i].waiting.push(count);
         let m = self.procs[i].m;
         self.pending.push_back((m, bytes));
+        Some(count)
     }
 
     /// Deliver the next message to every member.
