@@ -974,6 +974,11 @@ impl MemDb {
         }
     }
 
+    /// The database failed (every mutation EIO; C's `memdb->errors`).
+    pub fn failed(&self) -> bool {
+        self.lock_writer().errors
+    }
+
     /// The global version (root version).
     pub fn version(&self) -> u64 {
         self.read_state().tree.root().version

@@ -6,6 +6,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod daemon;
+#[allow(dead_code)] // wired into the daemon with the corosync services
+mod dcdb;
 mod fs;
 mod ipc_glue;
 mod logging;

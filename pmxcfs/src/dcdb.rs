@@ -1,0 +1,534 @@
+//! Cluster mode of the configuration database: the `pve_dcdb_v1` group.
+//!
+//! One thread ([`DcdbService`]) owns the DFSM state machine and the dcdb
+//! application over MemDb ([`MemStore`]); everything reaches it as a
+//! [`Cmd`]: CPG events from the corosync side, and the filesystem's
+//! mutations from [`ClusterSubmitter`], which waits for its own message to
+//! be delivered and answers with the result of applying it (on every node,
+//! the sender included, in agreed order). Messages are multicast through a
+//! [`Mcast`] so that tests can run the same code over an in-process group.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+
+use pmxcfs_api_types::{now_secs, path_is_lockdir, Errno, FileKind, Inode, NodeId, Operation};
+use pmxcfs_dfsm::dcdb::UpdateEntry;
+use pmxcfs_dfsm::dcdb_app::{
+    operation_message, result_errno, Dcdb, DcdbStore, DCDB_PROTOCOL_VERSION,
+};
+use pmxcfs_dfsm::machine::{Dfsm, Member, Mode, Output};
+use pmxcfs_memdb::{MemDb, Submit, SyncEntry};
+
+/// Told that corosync.conf changed in the database (`local`: this node
+/// sent the change): `dcdb_sync_corosync_conf`.
+pub type CorosyncConfHook = Box<dyn FnMut(&MemDb, bool) + Send>;
+
+/// The dcdb application's view of MemDb.
+pub struct MemStore {
+    pub memdb: Arc<MemDb>,
+    pub quorate: Arc<AtomicBool>,
+    /// Called when corosync.conf changed in the database (local: this
+    /// node sent the change).
+    pub corosync_conf: CorosyncConfHook,
+}
+
+impl DcdbStore for MemStore {
+    fn quorate(&self) -> bool {
+        self.quorate.load(Ordering::Acquire)
+    }
+
+    fn apply(&mut self, op: &Operation, writer: NodeId, mtime: u32) -> Result<usize, Errno> {
+        self.memdb.apply(op, writer.0, mtime)
+    }
+
+    fn failed(&self) -> bool {
+        self.memdb.failed()
+    }
+
+    fn lock_matches(&self, path: &str, csum: &[u8; 32]) -> bool {
+        path_is_lockdir(path)
+            && self
+                .memdb
+                .getattr(path)
+                .is_some_and(|a| a.kind == FileKind::Dir)
+            && self.memdb.entry_csum(path).as_ref() == Some(csum)
+    }
+
+    fn lock_expired(&self, path: &str, csum: &[u8; 32]) -> bool {
+        self.memdb.lock_expired(path, csum)
+    }
+
+    fn index(&self) -> Vec<u8> {
+        self.memdb.encode_index()
+    }
+
+    fn checksum(&self) -> [u8; 32] {
+        self.memdb.compute_checksum()
+    }
+
+    fn entry(&self, inode: Inode) -> Option<UpdateEntry> {
+        self.memdb.sync_entry(inode).map(|e| UpdateEntry {
+            parent: e.parent,
+            inode: e.inode,
+            version: e.version,
+            writer: e.writer,
+            mtime: e.mtime,
+            kind: e.kind,
+            name: e.name,
+            data: e.data,
+        })
+    }
+
+    fn commit_sync(&mut self, master: &[u8], updates: &[UpdateEntry]) -> Result<(), Errno> {
+        let u: Vec<SyncEntry> = updates
+            .iter()
+            .map(|e| SyncEntry {
+                inode: e.inode,
+                parent: e.parent,
+                version: e.version,
+                writer: e.writer,
+                mtime: e.mtime,
+                kind: e.kind,
+                name: e.name.clone(),
+                data: e.data.clone(),
+            })
+            .collect();
+        self.memdb.commit_sync(master, &u)
+    }
+
+    fn corosync_conf_changed(&mut self, local: bool) {
+        (self.corosync_conf)(&self.memdb, local);
+    }
+}
+
+/// How the service multicasts to its group (agreed order).
+pub trait Mcast: Send {
+    fn mcast(&mut self, msg: &[u8]) -> Result<(), String>;
+    /// The state machine left the group (LEAVE): leave and join again.
+    fn rejoin(&mut self) {}
+}
+
+/// What the service thread is told.
+pub enum Cmd {
+    /// Joined the group as this member (after every (re)connection).
+    Joined(Member),
+    /// A configuration change: the whole membership, how many joined.
+    Confchg(Vec<Member>, usize),
+    /// A delivered message.
+    Deliver(Member, Vec<u8>),
+    /// The connection to corosync is gone.
+    Disconnected,
+    /// Send a NORMAL message; with a reply channel, wait for its delivery
+    /// (None: not processed).
+    Send {
+        subtype: u16,
+        payload: Vec<u8>,
+        reply: Option<SyncSender<Option<i32>>>,
+    },
+    /// The periodic VERIFY_REQUEST.
+    Verify,
+    Stop,
+}
+
+/// The thread that owns the state machine.
+pub struct DcdbService<M: Mcast> {
+    app: Dcdb<MemStore>,
+    dfsm: Option<Dfsm>,
+    mcast: M,
+    waiters: HashMap<u64, SyncSender<Option<i32>>>,
+}
+
+impl<M: Mcast> DcdbService<M> {
+    pub fn new(store: MemStore, mcast: M) -> Self {
+        DcdbService {
+            app: Dcdb::new(store),
+            dfsm: None,
+            mcast,
+            waiters: HashMap::new(),
+        }
+    }
+
+    /// The state machine's mode (START before the first join).
+    pub fn mode(&self) -> Mode {
+        self.dfsm.as_ref().map_or(Mode::Start, Dfsm::mode)
+    }
+
+    /// Serve commands until [`Cmd::Stop`] or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Cmd>) {
+        while let Ok(cmd) = rx.recv() {
+            if !self.handle(cmd) {
+                break;
+            }
+        }
+        self.abort_waiters();
+    }
+
+    fn abort_waiters(&mut self) {
+        for (_, w) in self.waiters.drain() {
+            let _ = w.send(None);
+        }
+    }
+
+    /// One command; false to stop.
+    pub fn handle(&mut self, cmd: Cmd) -> bool {
+        let now = now_secs();
+        let out = match cmd {
+            Cmd::Stop => return false,
+            Cmd::Joined(me) => {
+                let fresh = self.dfsm.as_ref().is_none_or(|d| d.me() != me);
+                if fresh {
+                    self.abort_waiters();
+                    self.dfsm = Some(Dfsm::new(me.nodeid, me.pid, DCDB_PROTOCOL_VERSION));
+                    Vec::new()
+                } else {
+                    let dfsm = self.dfsm.as_mut().expect("checked");
+                    dfsm.restart(&mut self.app).unwrap_or_default()
+                }
+            }
+            Cmd::Confchg(members, joined) => match self.dfsm.as_mut() {
+                Some(d) => d.confchg(&members, joined, now, &mut self.app),
+                None => Vec::new(),
+            },
+            Cmd::Deliver(from, msg) => match self.dfsm.as_mut() {
+                Some(d) => d.deliver(from, &msg, now, &mut self.app),
+                None => Vec::new(),
+            },
+            Cmd::Disconnected => match self.dfsm.as_mut() {
+                Some(d) => d.finalize(),
+                None => Vec::new(),
+            },
+            Cmd::Send {
+                subtype,
+                payload,
+                reply,
+            } => {
+                let Some(d) = self.dfsm.as_mut() else {
+                    if let Some(r) = reply {
+                        let _ = r.send(None);
+                    }
+                    return true;
+                };
+                let (count, msg) = d.normal_message(subtype, &payload, now);
+                match self.mcast.mcast(&msg) {
+                    Ok(()) => {
+                        if let Some(r) = reply {
+                            self.waiters.insert(count, r);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("cpg_send_message failed: {e}");
+                        if let Some(r) = reply {
+                            let _ = r.send(None);
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            Cmd::Verify => match self.dfsm.as_mut().and_then(|d| d.verify_request(now)) {
+                Some(msg) => vec![Output::Send(msg)],
+                None => Vec::new(),
+            },
+        };
+        self.outputs(out);
+        true
+    }
+
+    fn outputs(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send(msg) => {
+                    if let Err(e) = self.mcast.mcast(&msg) {
+                        tracing::error!("cpg_send_message failed: {e}");
+                    }
+                }
+                Output::LocalResult { count, result } => {
+                    if let Some(w) = self.waiters.remove(&count) {
+                        let _ = w.send(result);
+                    }
+                }
+                Output::AbortWaiters => self.abort_waiters(),
+                Output::Mode(Mode::Leave) => {
+                    self.abort_waiters();
+                    self.mcast.rejoin();
+                }
+                Output::Mode(m) => tracing::debug!("dcdb mode {m:?}"),
+            }
+        }
+    }
+}
+
+/// Cluster mode's [`Submit`]: every mutation is a dcdb message; the call
+/// returns the result of applying it on delivery.
+pub struct ClusterSubmitter {
+    pub memdb: Arc<MemDb>,
+    pub quorate: Arc<AtomicBool>,
+    pub tx: Sender<Cmd>,
+}
+
+impl ClusterSubmitter {
+    fn send(&self, op: &Operation, wait: bool) -> Result<usize, Errno> {
+        let (subtype, payload) = operation_message(op).map_err(|_| Errno::EINVAL)?;
+        let (reply, rx) = if wait {
+            let (t, r) = mpsc::sync_channel(1);
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        self.tx
+            .send(Cmd::Send {
+                subtype,
+                payload,
+                reply,
+            })
+            .map_err(|_| Errno::EACCES)?;
+        match rx {
+            // not processed (connection lost, left the group): C's EACCES
+            Some(rx) => match rx.recv() {
+                Ok(Some(result)) => result_errno(result),
+                _ => Err(Errno::EACCES),
+            },
+            None => Ok(0),
+        }
+    }
+}
+
+impl Submit for ClusterSubmitter {
+    fn submit(&self, op: Operation) -> Result<usize, Errno> {
+        if !self.quorate() {
+            return Err(Errno::EACCES);
+        }
+        // utime(lock, 0): also ask the cluster to remove the lock once it
+        // expired (cfs-plug-memdb.c); the MTIME itself then fails with
+        // EACCES while the lock is younger than 120 s
+        if let Operation::Mtime { path, mtime: 0 } = &op {
+            if path_is_lockdir(path) {
+                let is_dir = self
+                    .memdb
+                    .getattr(path)
+                    .is_some_and(|a| a.kind == FileKind::Dir);
+                if let (true, Some(csum)) = (is_dir, self.memdb.entry_csum(path)) {
+                    let req = Operation::UnlockRequest {
+                        path: path.clone(),
+                        csum,
+                    };
+                    let _ = self.send(&req, false);
+                }
+            }
+        }
+        self.send(&op, true)
+    }
+
+    fn quorate(&self) -> bool {
+        self.quorate.load(Ordering::Acquire)
+    }
+
+    fn write_inode(
+        &self,
+        inode: Inode,
+        offset: u64,
+        data: &[u8],
+        truncate: bool,
+        _after_open_trunc: bool,
+    ) -> Result<usize, Errno> {
+        // a detached (unlinked, still open) file is only this node's
+        if self.memdb.getattr_inode(inode).is_some_and(|a| a.detached) {
+            return self
+                .memdb
+                .write_inode(inode, offset, data, truncate, false, 0, now_secs());
+        }
+        let path = self.memdb.path_of(inode).ok_or(Errno::ENOENT)?;
+        self.submit(Operation::Write {
+            path,
+            offset,
+            data: data.to_vec(),
+            truncate,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The service and the submitter over an in-process group (a bus
+    //! thread gives every message one order for all members), with real
+    //! databases.
+
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    type Bus = Arc<Mutex<Vec<Sender<Cmd>>>>;
+
+    struct BusMcast {
+        me: Member,
+        tx: Sender<(Member, Vec<u8>)>,
+    }
+
+    impl Mcast for BusMcast {
+        fn mcast(&mut self, msg: &[u8]) -> Result<(), String> {
+            self.tx
+                .send((self.me, msg.to_vec()))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    struct Node {
+        memdb: Arc<MemDb>,
+        quorate: Arc<AtomicBool>,
+        submit: ClusterSubmitter,
+        _dir: tempfile::TempDir,
+    }
+
+    fn member(i: u32) -> Member {
+        Member {
+            nodeid: NodeId(i),
+            pid: 1000 + i,
+        }
+    }
+
+    fn cluster(n: u32) -> (Vec<Node>, Bus) {
+        let bus: Bus = Arc::new(Mutex::new(Vec::new()));
+        let (btx, brx) = mpsc::channel::<(Member, Vec<u8>)>();
+        let fan = bus.clone();
+        std::thread::spawn(move || {
+            while let Ok((from, msg)) = brx.recv() {
+                for tx in fan.lock().unwrap().iter() {
+                    let _ = tx.send(Cmd::Deliver(from, msg.clone()));
+                }
+            }
+        });
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let dir = tempfile::tempdir().unwrap();
+            let memdb = Arc::new(MemDb::open(&dir.path().join("config.db"), None).unwrap());
+            let quorate = Arc::new(AtomicBool::new(true));
+            let store = MemStore {
+                memdb: memdb.clone(),
+                quorate: quorate.clone(),
+                corosync_conf: Box::new(|_, _| {}),
+            };
+            let svc = DcdbService::new(
+                store,
+                BusMcast {
+                    me: member(i),
+                    tx: btx.clone(),
+                },
+            );
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || svc.run(rx));
+            tx.send(Cmd::Joined(member(i))).unwrap();
+            bus.lock().unwrap().push(tx.clone());
+            nodes.push(Node {
+                memdb: memdb.clone(),
+                quorate: quorate.clone(),
+                submit: ClusterSubmitter { memdb, quorate, tx },
+                _dir: dir,
+            });
+        }
+        let members: Vec<Member> = (1..=n).map(member).collect();
+        for tx in bus.lock().unwrap().iter() {
+            tx.send(Cmd::Confchg(members.clone(), members.len()))
+                .unwrap();
+        }
+        (nodes, bus)
+    }
+
+    fn wait_equal(nodes: &[Node]) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            let first = nodes[0].memdb.encode_index();
+            if nodes.iter().all(|n| n.memdb.encode_index() == first) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("indexes differ after 10 s");
+    }
+
+    #[test]
+    fn writes_return_the_result_of_their_delivery_on_every_node() {
+        let (nodes, _bus) = cluster(3);
+        let s = &nodes[1].submit;
+        s.submit(Operation::Create {
+            path: "storage.cfg".into(),
+        })
+        .expect("create");
+        let n = s
+            .submit(Operation::Write {
+                path: "storage.cfg".into(),
+                offset: 0,
+                data: b"dir: local\n".to_vec(),
+                truncate: true,
+            })
+            .expect("write");
+        assert_eq!(n, 11);
+        // answered only after it was applied here
+        assert_eq!(
+            nodes[1].memdb.read("storage.cfg").as_deref(),
+            Some(&b"dir: local\n"[..])
+        );
+        wait_equal(&nodes);
+        assert_eq!(nodes[2].memdb.getattr("storage.cfg").unwrap().writer, 2);
+        // errors come back as the errno of the application
+        assert_eq!(
+            nodes[0].submit.submit(Operation::Create {
+                path: "storage.cfg".into()
+            }),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(
+            nodes[0].submit.submit(Operation::Mkdir {
+                path: "no/such/dir".into()
+            }),
+            Err(Errno::ENOENT)
+        );
+    }
+
+    #[test]
+    fn without_quorum_mutations_fail_with_eacces() {
+        let (nodes, _bus) = cluster(2);
+        nodes[0].quorate.store(false, Ordering::Release);
+        assert_eq!(
+            nodes[0]
+                .submit
+                .submit(Operation::Mkdir { path: "x".into() }),
+            Err(Errno::EACCES)
+        );
+        nodes[1]
+            .submit
+            .submit(Operation::Mkdir { path: "y".into() })
+            .expect("the quorate node writes");
+    }
+
+    #[test]
+    fn concurrent_writers_on_all_nodes_end_identical() {
+        let (nodes, _bus) = cluster(3);
+        let nodes = Arc::new(nodes);
+        let mut threads = Vec::new();
+        for i in 0..3 {
+            let nodes = nodes.clone();
+            threads.push(std::thread::spawn(move || {
+                for k in 0..50 {
+                    let path = format!("f{}", k % 7);
+                    let _ = nodes[i]
+                        .submit
+                        .submit(Operation::Create { path: path.clone() });
+                    nodes[i]
+                        .submit
+                        .submit(Operation::Write {
+                            path,
+                            offset: 0,
+                            data: format!("{i}-{k}").into_bytes(),
+                            truncate: true,
+                        })
+                        .expect("write");
+                }
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        wait_equal(&nodes);
+    }
+}
