@@ -5,6 +5,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[allow(dead_code)] // wired into the daemon with the corosync services
+mod corosync_conf;
 mod daemon;
 #[allow(dead_code)] // wired into the daemon with the corosync services
 mod dcdb;
