@@ -12,7 +12,7 @@ mod op;
 pub mod paths;
 
 pub use error::{CfsError, Errno};
-pub use op::Operation;
+pub use op::{Operation, TreeEntry};
 
 use std::fmt;
 

@@ -49,3 +49,20 @@ impl Operation {
         }
     }
 }
+
+/// One entry of the tree with everything a node needs to recreate it: what
+/// a resync carries (dcdb UPDATE, `memdb_tree_entry_t`). Inode 0 is the
+/// root, whose version, writer and mtime are the database's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub inode: crate::Inode,
+    pub parent: crate::Inode,
+    pub version: u64,
+    pub writer: u32,
+    pub mtime: u32,
+    pub kind: crate::FileKind,
+    /// Empty for the root.
+    pub name: String,
+    /// File contents; empty for directories.
+    pub data: Vec<u8>,
+}

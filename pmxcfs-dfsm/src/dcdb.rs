@@ -64,7 +64,7 @@
 //! any bytes). Lengths are added in 64 bits: C adds the three 32-bit
 //! lengths in 32-bit arithmetic, which can wrap.
 
-use pmxcfs_api_types::{FileKind, Inode, Operation};
+use pmxcfs_api_types::{FileKind, Inode, Operation, TreeEntry};
 
 use crate::bytes::{c_str, Reader};
 
@@ -397,27 +397,18 @@ pub fn encode_operation(op: &Operation, out: &mut Vec<u8>) -> Result<DcdbMessage
     Ok(ty)
 }
 
-/// One tree entry of a resync (the UPDATE payload). The field types are
-/// those of the memdb tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpdateEntry {
-    pub parent: Inode,
-    pub inode: Inode,
-    pub version: u64,
-    pub writer: u32,
-    pub mtime: u32,
-    pub kind: FileKind,
-    /// Empty for the root.
-    pub name: String,
-    /// File contents; empty for directories.
-    pub data: Vec<u8>,
+/// The UPDATE payload of a resync: one [`TreeEntry`]
+/// (`dcdb_send_update_inode` / `dcdb_parse_update_inode`).
+pub trait UpdatePayload: Sized {
+    fn decode(payload: &[u8]) -> Result<Self, DcdbError>;
+    fn encode(&self) -> Result<Vec<u8>, DcdbError>;
 }
 
-impl UpdateEntry {
+impl UpdatePayload for TreeEntry {
     /// `dcdb_parse_update_inode`, plus: a directory must have size 0 (C
     /// would keep the size and drop the bytes; C never sends that). Never
     /// panics.
-    pub fn decode(payload: &[u8]) -> Result<UpdateEntry, DcdbError> {
+    fn decode(payload: &[u8]) -> Result<TreeEntry, DcdbError> {
         const WHAT: &str = "update message";
         let mut r = Reader::new(payload);
         let truncated = || DcdbError::Truncated {
@@ -460,7 +451,7 @@ impl UpdateEntry {
         if kind == FileKind::Dir && size != 0 {
             return Err(DcdbError::DirectoryWithSize(size));
         }
-        Ok(UpdateEntry {
+        Ok(TreeEntry {
             parent: Inode(parent),
             inode: Inode(inode),
             version,
@@ -473,7 +464,7 @@ impl UpdateEntry {
     }
 
     /// The payload as `dcdb_send_update_inode` gathers it.
-    pub fn encode(&self) -> Result<Vec<u8>, DcdbError> {
+    fn encode(&self) -> Result<Vec<u8>, DcdbError> {
         if self.name.as_bytes().contains(&0) {
             return Err(DcdbError::EmbeddedNul { field: "name" });
         }
@@ -778,11 +769,11 @@ mod tests {
         ]
     }
 
-    fn update_vectors() -> Vec<(Vec<u8>, UpdateEntry)> {
+    fn update_vectors() -> Vec<(Vec<u8>, TreeEntry)> {
         vec![
             (
                 hex(UPDATE_FILE),
-                UpdateEntry {
+                TreeEntry {
                     parent: Inode(0),
                     inode: Inode(0x10),
                     version: 0x11,
@@ -795,7 +786,7 @@ mod tests {
             ),
             (
                 hex(UPDATE_ROOT),
-                UpdateEntry {
+                TreeEntry {
                     parent: Inode(0),
                     inode: Inode(0),
                     version: 0x12,
@@ -842,7 +833,7 @@ mod tests {
     #[test]
     fn c_update_vectors_decode_and_encode() {
         for (bytes, entry) in update_vectors() {
-            assert_eq!(UpdateEntry::decode(&bytes).as_ref(), Ok(&entry));
+            assert_eq!(TreeEntry::decode(&bytes).as_ref(), Ok(&entry));
             assert_eq!(entry.encode().unwrap(), bytes);
         }
     }
@@ -884,7 +875,7 @@ mod tests {
         }
         for (bytes, _) in update_vectors() {
             for n in 0..bytes.len() {
-                assert!(UpdateEntry::decode(&bytes[..n]).is_err(), "prefix {n}");
+                assert!(TreeEntry::decode(&bytes[..n]).is_err(), "prefix {n}");
             }
         }
         let idx = index_vector();
@@ -1021,7 +1012,7 @@ mod tests {
             ),
             Err(DcdbError::EmbeddedNul { field: "path" })
         );
-        let dir = UpdateEntry {
+        let dir = TreeEntry {
             parent: Inode(0),
             inode: Inode(1),
             version: 1,
@@ -1038,20 +1029,17 @@ mod tests {
     fn malformed_updates_and_indexes() {
         let mut b = hex(UPDATE_FILE);
         b[40] = 1; // type
-        assert_eq!(UpdateEntry::decode(&b), Err(DcdbError::BadType(1)));
+        assert_eq!(TreeEntry::decode(&b), Err(DcdbError::BadType(1)));
         let mut b = hex(UPDATE_FILE);
         b[36..40].copy_from_slice(&0u32.to_le_bytes()); // namelen 0
         b.truncate(41 + 3);
         b[41..44].copy_from_slice(b"xyz");
-        assert!(UpdateEntry::decode(&b).is_err());
+        assert!(TreeEntry::decode(&b).is_err());
         // Directory with a size.
         let mut b = hex(UPDATE_ROOT);
         b[32] = 1;
         b.push(7);
-        assert_eq!(
-            UpdateEntry::decode(&b),
-            Err(DcdbError::DirectoryWithSize(1))
-        );
+        assert_eq!(TreeEntry::decode(&b), Err(DcdbError::DirectoryWithSize(1)));
 
         // Index whose size field claims more entries than it has.
         let mut idx = index_vector();
@@ -1111,7 +1099,7 @@ mod tests {
             } else {
                 FileKind::File
             };
-            let entry = UpdateEntry {
+            let entry = TreeEntry {
                 parent: Inode(rng.next_u64()),
                 inode: Inode(rng.next_u64()),
                 version: rng.next_u64(),
@@ -1125,7 +1113,7 @@ mod tests {
                     vec![]
                 },
             };
-            assert_eq!(UpdateEntry::decode(&entry.encode().unwrap()), Ok(entry));
+            assert_eq!(TreeEntry::decode(&entry.encode().unwrap()), Ok(entry));
         }
     }
 
@@ -1148,8 +1136,8 @@ mod tests {
                 let enc_ty = encode_operation(&op, &mut out).expect("re-encodes");
                 assert_eq!(decode_operation(enc_ty as u16, &out), Ok(op));
             }
-            if let Ok(e) = UpdateEntry::decode(&input) {
-                assert_eq!(UpdateEntry::decode(&e.encode().unwrap()), Ok(e));
+            if let Ok(e) = TreeEntry::decode(&input) {
+                assert_eq!(TreeEntry::decode(&e.encode().unwrap()), Ok(e));
             }
             if let Ok(idx) = MemdbIndex::decode(&input) {
                 assert_eq!(idx.encode(), input);

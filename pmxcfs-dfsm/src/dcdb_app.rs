@@ -3,9 +3,9 @@
 //! node from the leader. It reaches the database only through
 //! [`DcdbStore`], which the daemon implements over MemDb.
 
-use pmxcfs_api_types::{Errno, Inode, NodeId, Operation};
+use pmxcfs_api_types::{Errno, Inode, NodeId, Operation, TreeEntry};
 
-use crate::dcdb::{decode_operation, encode_operation, DcdbMessageType, MemdbIndex, UpdateEntry};
+use crate::dcdb::{decode_operation, encode_operation, DcdbMessageType, MemdbIndex, UpdatePayload};
 use crate::machine::{AppError, Application, DeliverCtx, SyncInfo, Updates};
 use crate::wire::CSUM_SIZE;
 
@@ -32,9 +32,9 @@ pub trait DcdbStore {
     /// `memdb_compute_checksum`.
     fn checksum(&self) -> [u8; CSUM_SIZE];
     /// One entry (inode 0: the root) as an UPDATE carries it.
-    fn entry(&self, inode: Inode) -> Option<UpdateEntry>;
+    fn entry(&self, inode: Inode) -> Option<TreeEntry>;
     /// Become the leader's database (`bdb_backend_commit_update`).
-    fn commit_sync(&mut self, master_index: &[u8], updates: &[UpdateEntry]) -> Result<(), Errno>;
+    fn commit_sync(&mut self, master_index: &[u8], updates: &[TreeEntry]) -> Result<(), Errno>;
     /// `corosync.conf` changed through a delivered message or a resync
     /// (`dcdb_sync_corosync_conf`); `local`: this node sent the change.
     fn corosync_conf_changed(&mut self, _local: bool) {}
@@ -46,7 +46,7 @@ pub struct Dcdb<S> {
     /// The leader's index of the current round.
     master: Option<Vec<u8>>,
     /// UPDATEs received in the current round.
-    updates: Vec<UpdateEntry>,
+    updates: Vec<TreeEntry>,
 }
 
 impl<S: DcdbStore> Dcdb<S> {
@@ -172,7 +172,7 @@ impl<S: DcdbStore> Application for Dcdb<S> {
         _from: crate::machine::Member,
         update: &[u8],
     ) -> Result<(), AppError> {
-        let e = UpdateEntry::decode(update)
+        let e = TreeEntry::decode(update)
             .map_err(|e| AppError::leave(format!("bad update message: {e}")))?;
         self.updates.push(e);
         Ok(())

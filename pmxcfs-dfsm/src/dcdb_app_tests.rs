@@ -2,11 +2,10 @@
 //! writes in agreed order on every node, resync of diverged nodes,
 //! VMID conflicts, quorum.
 
-use pmxcfs_api_types::{Errno, Inode, NodeId, Operation};
-use pmxcfs_memdb::{MemDb, SyncEntry};
+use pmxcfs_api_types::{Errno, Inode, NodeId, Operation, TreeEntry};
+use pmxcfs_memdb::MemDb;
 
 use crate::bytes::test_util::Rng;
-use crate::dcdb::UpdateEntry;
 use crate::dcdb_app::{operation_message, Dcdb, DcdbStore, DCDB_PROTOCOL_VERSION};
 use crate::machine::{Member, Mode};
 use crate::sim::{all, Fingerprint, Net};
@@ -40,33 +39,11 @@ impl DcdbStore for Store {
     fn checksum(&self) -> [u8; CSUM_SIZE] {
         self.db.compute_checksum()
     }
-    fn entry(&self, inode: Inode) -> Option<UpdateEntry> {
-        self.db.sync_entry(inode).map(|e| UpdateEntry {
-            parent: e.parent,
-            inode: e.inode,
-            version: e.version,
-            writer: e.writer,
-            mtime: e.mtime,
-            kind: e.kind,
-            name: e.name,
-            data: e.data,
-        })
+    fn entry(&self, inode: Inode) -> Option<TreeEntry> {
+        self.db.sync_entry(inode)
     }
-    fn commit_sync(&mut self, master: &[u8], updates: &[UpdateEntry]) -> Result<(), Errno> {
-        let u: Vec<SyncEntry> = updates
-            .iter()
-            .map(|e| SyncEntry {
-                inode: e.inode,
-                parent: e.parent,
-                version: e.version,
-                writer: e.writer,
-                mtime: e.mtime,
-                kind: e.kind,
-                name: e.name.clone(),
-                data: e.data.clone(),
-            })
-            .collect();
-        self.db.commit_sync(master, &u)
+    fn commit_sync(&mut self, master: &[u8], updates: &[TreeEntry]) -> Result<(), Errno> {
+        self.db.commit_sync(master, updates)
     }
 }
 

@@ -23,15 +23,15 @@ pub mod machine;
 pub mod wire;
 
 #[cfg(test)]
+mod dcdb_app_tests;
+#[cfg(test)]
 mod machine_tests;
 #[cfg(test)]
 mod sim;
-#[cfg(test)]
-mod dcdb_app_tests;
 
 pub use dcdb::{
     decode_operation, encode_operation, DcdbError, DcdbMessageType, IndexEntry, MemdbIndex,
-    UpdateEntry,
+    UpdatePayload,
 };
 pub use kvstore::{KvError, KvMessage, KvMessageType};
 pub use wire::{
@@ -68,7 +68,7 @@ mod tests {
             truncate: true,
         };
         let ty = encode_operation(&op, &mut write).unwrap();
-        let entry = UpdateEntry {
+        let entry = pmxcfs_api_types::TreeEntry {
             parent: Inode(1),
             inode: Inode(5),
             version: 5,
@@ -135,7 +135,7 @@ mod tests {
             } => KvMessage::decode(subtype, &payload)
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            DfsmMessage::Update { update, .. } => UpdateEntry::decode(&update)
+            DfsmMessage::Update { update, .. } => pmxcfs_api_types::TreeEntry::decode(&update)
                 .map(drop)
                 .map_err(|e| e.to_string()),
             DfsmMessage::State { state, .. } => MemdbIndex::decode(&state)

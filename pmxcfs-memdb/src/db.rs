@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use pmxcfs_api_types::{
-    now_secs, path_is_lockdir, Errno, FileKind, Inode, Operation, VmType, BLOCK_SIZE,
+    now_secs, path_is_lockdir, Errno, FileKind, Inode, Operation, TreeEntry, VmType, BLOCK_SIZE,
     MAX_FILE_SIZE, MAX_FS_SIZE, MAX_INODES,
 };
 
@@ -68,22 +68,6 @@ impl EntryAttr {
 pub struct DirEntry {
     pub name: String,
     pub attr: EntryAttr,
-}
-
-/// One entry as a resync carries it (`memdb_tree_entry_t` in an UPDATE):
-/// the leader reads it with [`MemDb::sync_entry`], the others write it
-/// with [`MemDb::commit_sync`]. Inode 0 is the root (its version, writer
-/// and mtime are the `__version__` row).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncEntry {
-    pub inode: Inode,
-    pub parent: Inode,
-    pub version: u64,
-    pub writer: u32,
-    pub mtime: u32,
-    pub kind: FileKind,
-    pub name: String,
-    pub data: Vec<u8>,
 }
 
 /// statfs figures (`memdb_statfs`).
@@ -1029,11 +1013,11 @@ impl MemDb {
     }
 
     /// The entry `inode` (0: the root) as a resync sends it.
-    pub fn sync_entry(&self, inode: Inode) -> Option<SyncEntry> {
+    pub fn sync_entry(&self, inode: Inode) -> Option<TreeEntry> {
         self.settle_all();
         let st = self.read_state();
         let e = st.tree.get(inode)?;
-        Some(SyncEntry {
+        Some(TreeEntry {
             inode: e.inode,
             parent: e.parent,
             version: e.version,
@@ -1054,7 +1038,7 @@ impl MemDb {
     /// replaced as a whole (open files that are gone stay detached for
     /// their handles). Any failure rolls back and puts the database in its
     /// failed state, as in C.
-    pub fn commit_sync(&self, master_index: &[u8], updates: &[SyncEntry]) -> Result<(), Errno> {
+    pub fn commit_sync(&self, master_index: &[u8], updates: &[TreeEntry]) -> Result<(), Errno> {
         let mut w = self.lock_writer();
         if w.errors {
             return Err(Errno::EIO);

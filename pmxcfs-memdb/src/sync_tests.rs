@@ -34,7 +34,7 @@ fn create(p: &str) -> Operation {
 
 /// Every entry of `db`, root included: what a leader sends to a node
 /// that shares nothing with it.
-fn all_entries(db: &MemDb) -> Vec<crate::SyncEntry> {
+fn all_entries(db: &MemDb) -> Vec<pmxcfs_api_types::TreeEntry> {
     let idx = db.encode_index();
     crate::index::index_inodes(&idx)
         .expect("index")

@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 
-use pmxcfs_api_types::{now_secs, path_is_lockdir, Errno, FileKind, Inode, NodeId, Operation};
-use pmxcfs_dfsm::dcdb::UpdateEntry;
+use pmxcfs_api_types::{
+    now_secs, path_is_lockdir, Errno, FileKind, Inode, NodeId, Operation, TreeEntry,
+};
 use pmxcfs_dfsm::dcdb_app::{
     operation_message, result_errno, Dcdb, DcdbStore, DCDB_PROTOCOL_VERSION,
 };
 use pmxcfs_dfsm::machine::{Dfsm, Member, Mode, Output};
-use pmxcfs_memdb::{MemDb, Submit, SyncEntry};
+use pmxcfs_memdb::{MemDb, Submit};
 
 /// Told that corosync.conf changed in the database (`local`: this node
 /// sent the change): `dcdb_sync_corosync_conf`.
@@ -68,34 +69,12 @@ impl DcdbStore for MemStore {
         self.memdb.compute_checksum()
     }
 
-    fn entry(&self, inode: Inode) -> Option<UpdateEntry> {
-        self.memdb.sync_entry(inode).map(|e| UpdateEntry {
-            parent: e.parent,
-            inode: e.inode,
-            version: e.version,
-            writer: e.writer,
-            mtime: e.mtime,
-            kind: e.kind,
-            name: e.name,
-            data: e.data,
-        })
+    fn entry(&self, inode: Inode) -> Option<TreeEntry> {
+        self.memdb.sync_entry(inode)
     }
 
-    fn commit_sync(&mut self, master: &[u8], updates: &[UpdateEntry]) -> Result<(), Errno> {
-        let u: Vec<SyncEntry> = updates
-            .iter()
-            .map(|e| SyncEntry {
-                inode: e.inode,
-                parent: e.parent,
-                version: e.version,
-                writer: e.writer,
-                mtime: e.mtime,
-                kind: e.kind,
-                name: e.name.clone(),
-                data: e.data.clone(),
-            })
-            .collect();
-        self.memdb.commit_sync(master, &u)
+    fn commit_sync(&mut self, master: &[u8], updates: &[TreeEntry]) -> Result<(), Errno> {
+        self.memdb.commit_sync(master, updates)
     }
 
     fn corosync_conf_changed(&mut self, local: bool) {

@@ -1,5 +1,5 @@
 //! Fuzz target: the resync payloads of dcdb: one UPDATE tree entry
-//! (`UpdateEntry::decode`) and the STATE memdb index
+//! (`TreeEntry::decode`) and the STATE memdb index
 //! (`MemdbIndex::decode`), on the same input.
 //!
 //! Checks: no panic; a decoded entry re-encodes and decodes to itself
@@ -11,12 +11,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pmxcfs_dfsm::dcdb::{MemdbIndex, UpdateEntry};
+use pmxcfs_api_types::TreeEntry;
+use pmxcfs_dfsm::dcdb::{MemdbIndex, UpdatePayload};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(entry) = UpdateEntry::decode(data) {
+    if let Ok(entry) = TreeEntry::decode(data) {
         let bytes = entry.encode().expect("a decoded entry re-encodes");
-        assert_eq!(UpdateEntry::decode(&bytes).as_ref(), Ok(&entry));
+        assert_eq!(TreeEntry::decode(&bytes).as_ref(), Ok(&entry));
         if bytes.len() == data.len() {
             assert_eq!(bytes, data);
         }
