@@ -22,7 +22,7 @@
 //! never join again.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,8 +38,14 @@ use crate::retry::{
 use crate::runner::{Client, Control, Next, ServiceThread};
 use crate::{StopError, STOP_TIMEOUT};
 
-/// Longest group name (without the NUL): `struct cpg_name` holds 128 bytes.
-pub const MAX_GROUP_NAME_LEN: usize = 127;
+/// Longest group name (without the NUL): `struct cpg_name` holds 128
+/// bytes, and rust-corosync refuses names (here: with the NUL) longer than
+/// 127.
+pub const MAX_GROUP_NAME_LEN: usize = 126;
+
+/// Messages dispatched one by one per poll at most, before the thread
+/// looks at its stop flag and commands again (C dispatches one per poll).
+const DISPATCH_BATCH: u32 = 64;
 
 /// How long we wait for corosync to report our own leave before we close
 /// the connection anyway.
@@ -73,7 +79,7 @@ pub enum CpgEvent {
 /// Errors of the CPG service.
 #[derive(Debug, thiserror::Error)]
 pub enum CpgError {
-    #[error("invalid CPG group name {0:?} (1 to 127 bytes, no NUL)")]
+    #[error("invalid CPG group name {0:?} (1 to 126 bytes, no NUL)")]
     InvalidGroupName(String),
     #[error("not joined to the CPG group")]
     NotJoined,
@@ -286,6 +292,8 @@ struct Target {
     local: (u32, u32),
     /// Set by a membership change that does not list us.
     not_member: AtomicBool,
+    /// Callbacks run so far (to see whether a dispatch found anything).
+    callbacks: AtomicU64,
 }
 
 static REGISTRY: Registry<Target> = Registry::new();
@@ -311,6 +319,7 @@ fn deliver_cb(
     _msg_len: usize,
 ) {
     if let Some(t) = target_of(handle) {
+        t.callbacks.fetch_add(1, Ordering::Relaxed);
         let _ = t.events.send(CpgEvent::Deliver {
             nodeid: NodeId(u32::from(nodeid)),
             pid,
@@ -327,6 +336,7 @@ fn confchg_cb(
     joined_list: Vec<cpg::Address>,
 ) {
     if let Some(t) = target_of(handle) {
+        t.callbacks.fetch_add(1, Ordering::Relaxed);
         let members = members(&member_list);
         let me = (NodeId(t.local.0), t.local.1);
         if !members.contains(&me) {
@@ -413,6 +423,7 @@ impl Client for CpgClient {
             events: self.events.clone(),
             local: (nodeid, pid),
             not_member: AtomicBool::new(false),
+            callbacks: AtomicU64::new(0),
         });
         let registration = Registration::with_context(&REGISTRY, context, target.clone());
         // the context given to initialize points to a temporary: set it
@@ -443,18 +454,30 @@ impl Client for CpgClient {
         let Some(conn) = &self.conn else {
             return Ok(Next::Reconnect);
         };
-        match cpg::dispatch(&conn.handle, DispatchFlags::All) {
-            Ok(()) => Ok(Next::Continue),
-            Err(CsError::CsErrTryAgain) => {
-                // as dfsm_dispatch: pause 100 ms, poll and dispatch again
-                ctl.sleep(TRY_AGAIN_INTERVAL);
-                Ok(Next::Continue)
+        // one message at a time without blocking (C: CS_DISPATCH_ONE per
+        // poll), a bounded batch while messages keep coming: a flood of
+        // messages cannot delay a stop or a leave for long
+        for _ in 0..DISPATCH_BATCH {
+            let before = conn.target.callbacks.load(Ordering::Relaxed);
+            match cpg::dispatch(&conn.handle, DispatchFlags::OneNonblocking) {
+                Ok(()) => {}
+                Err(CsError::CsErrTryAgain) => {
+                    // as dfsm_dispatch: pause 100 ms, poll and dispatch again
+                    ctl.sleep(TRY_AGAIN_INTERVAL);
+                    break;
+                }
+                Err(err) => {
+                    return Err(CpgError::Corosync {
+                        op: "cpg_dispatch",
+                        err,
+                    })
+                }
             }
-            Err(err) => Err(CpgError::Corosync {
-                op: "cpg_dispatch",
-                err,
-            }),
+            if conn.target.callbacks.load(Ordering::Relaxed) == before || ctl.stopping() {
+                break;
+            }
         }
+        Ok(Next::Continue)
     }
 
     fn tick(&mut self, ctl: &Control) -> Result<Next, CpgError> {
@@ -509,12 +532,12 @@ mod tests {
     #[test]
     fn group_name_gets_its_nul() {
         assert_eq!(wire_group_name("pve_dcdb_v1").unwrap(), "pve_dcdb_v1\0");
-        assert_eq!(wire_group_name(&"x".repeat(127)).unwrap().len(), 128);
+        assert_eq!(wire_group_name(&"x".repeat(126)).unwrap().len(), 127);
     }
 
     #[test]
     fn bad_group_names_are_refused() {
-        for bad in ["", "a\0b", &"x".repeat(128)] {
+        for bad in ["", "a\0b", &"x".repeat(127)] {
             assert!(matches!(
                 wire_group_name(bad),
                 Err(CpgError::InvalidGroupName(_))

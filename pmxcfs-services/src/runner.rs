@@ -240,7 +240,9 @@ fn run<C: Client>(mut client: C, ctl: &Control, mut timer: ReconnectTimer) {
                         continue;
                     }
                     Err(e) => {
-                        if failures == 0 {
+                        if ctl.stopping() {
+                            tracing::debug!("{name}: connection attempt ended by stop: {e}");
+                        } else if failures == 0 {
                             tracing::error!("{name}: can't initialize service: {e}");
                         } else {
                             tracing::debug!("{name}: can't initialize service: {e}");

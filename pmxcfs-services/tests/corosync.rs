@@ -175,24 +175,27 @@ fn services_against_real_corosync() {
 
     // --- agreed order: messages of both senders, sent concurrently, arrive
     // in one order at both members, sender ids right, big ones intact
+    const N: usize = 500;
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = Instant::now();
     std::thread::scope(|s| {
         let big = &big;
         let (asend, bsend) = (&asend, &bsend);
         s.spawn(move || {
-            for i in 0..50 {
+            for i in 0..N {
                 asend.mcast_agreed(format!("a{i}").as_bytes()).unwrap();
             }
             asend.mcast_agreed(big).unwrap();
         });
         s.spawn(move || {
-            for i in 0..50 {
+            for i in 0..N {
                 bsend.mcast_agreed(format!("b{i}").as_bytes()).unwrap();
             }
         });
     });
-    let da = recv_deliveries("A", &arx, 101);
-    let db = recv_deliveries("B", &brx, 101);
+    let da = recv_deliveries("A", &arx, 2 * N + 1);
+    let db = recv_deliveries("B", &brx, 2 * N + 1);
+    let took = sent.elapsed();
     assert_eq!(da, db, "members saw different orders");
     for (who, tag) in [(1u32, 'a'), (2, 'b')] {
         let mine: Vec<&Vec<u8>> = da
@@ -200,14 +203,18 @@ fn services_against_real_corosync() {
             .filter(|(n, m)| *n == who && m.len() < 10)
             .map(|(_, m)| m)
             .collect();
-        let want: Vec<Vec<u8>> = (0..50).map(|i| format!("{tag}{i}").into_bytes()).collect();
+        let want: Vec<Vec<u8>> = (0..N).map(|i| format!("{tag}{i}").into_bytes()).collect();
         assert_eq!(mine, want.iter().collect::<Vec<_>>(), "FIFO per sender");
     }
     assert!(
         da.contains(&(1, big.clone())),
         "big message not delivered intact"
     );
-    eprintln!("[{:?}] 101 messages in agreed order", t0.elapsed());
+    eprintln!(
+        "[{:?}] {} messages in agreed order in {took:?}",
+        t0.elapsed(),
+        2 * N + 1
+    );
 
     // --- quorum and cmap on node 1
     let took = wait_until("quorate", Duration::from_secs(5), || quorum.is_quorate());
@@ -392,9 +399,36 @@ fn services_against_real_corosync() {
     assert_eq!(confdb.current().map(|c| c.config_version), Some(3));
     eprintln!("[{:?}] quorum and cmap reconnected", t0.elapsed());
 
-    // --- stop: each within 1 s
-    timed_stop("cpg A", || a.stop());
-    timed_stop("cpg B", || b.stop());
+    // --- stop: each within 1 s, the CPG services during a flood of
+    // messages (A sends as fast as it can, both receive)
+    let flood = {
+        let asend = asend.clone();
+        std::thread::spawn(move || {
+            let msg = vec![7u8; 1024];
+            let mut sent = 0u64;
+            loop {
+                match asend.mcast_agreed(&msg) {
+                    Ok(()) => sent += 1,
+                    Err(e) => return (sent, e),
+                }
+            }
+        })
+    };
+    wait_event(
+        "B",
+        &brx,
+        Duration::from_secs(5),
+        |e| matches!(e, CpgEvent::Deliver { msg, .. } if msg.len() == 1024),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    timed_stop("cpg B (flooded)", || b.stop());
+    timed_stop("cpg A (flooding)", || a.stop());
+    let (sent, err) = flood.join().unwrap();
+    eprintln!("flood: {sent} messages sent, then {err}");
+    assert!(
+        matches!(err, CpgError::Stopped | CpgError::NotJoined),
+        "{err}"
+    );
     timed_stop("quorum", || quorum.stop());
     timed_stop("confdb", || confdb.stop());
     assert!(matches!(asend.mcast_agreed(b"x"), Err(CpgError::Stopped)));
