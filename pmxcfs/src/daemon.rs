@@ -22,6 +22,7 @@ use pmxcfs_api_types::paths;
 use pmxcfs_memdb::{LocalSubmitter, MemDb, Submit};
 use pmxcfs_status::Status;
 
+use crate::cluster::{Cluster, ClusterSetup};
 use crate::fs::CfsFs;
 use crate::logging::LogControl;
 use crate::plugins::PluginCtx;
@@ -46,7 +47,7 @@ fn lookup_node_ip(nodename: &str) -> Option<IpAddr> {
 /// Threads serving FUSE requests, each on its own clone of the /dev/fuse
 /// descriptor: a request that waits (a commit, later a cluster round trip)
 /// holds one of them, the others keep serving.
-const FUSE_THREADS: usize = 4;
+const FUSE_THREADS: usize = 2;
 
 /// Take the instance lock: 10 retries one second apart (exit 255 after).
 fn acquire_lock(path: &Path) -> Result<Flock<File>> {
@@ -282,19 +283,23 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     if create && !cli.local {
         import_corosync_conf(&memdb, &cli.corosync_conf)?;
     }
-    if memdb.read("corosync.conf").is_some() {
-        if cli.local {
+    // cluster mode when the database holds corosync.conf (pmxcfs.c)
+    let cluster = if memdb.read("corosync.conf").is_some() && !cli.local {
+        let setup = ClusterSetup::new(memdb.clone(), status.clone(), cli.corosync_conf.clone());
+        setup.sync_corosync_conf();
+        Some(setup)
+    } else {
+        if cli.local && memdb.read("corosync.conf").is_some() {
             tracing::info!("forcing local mode (although corosync.conf exists)");
-        } else {
-            bail!(
-                "the database holds corosync.conf, but cluster mode is not implemented yet; \
-                 start with -l to run in local mode"
-            );
         }
-    }
-    status.set_quorate(true);
+        status.set_quorate(true);
+        None
+    };
 
-    let submit: Arc<dyn Submit> = Arc::new(LocalSubmitter::new(memdb.clone()));
+    let submit: Arc<dyn Submit> = match &cluster {
+        Some(c) => c.submitter(),
+        None => Arc::new(LocalSubmitter::new(memdb.clone())),
+    };
     let ctx = PluginCtx {
         memdb: memdb.clone(),
         status: status.clone(),
@@ -332,6 +337,11 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         .enable_all()
         .build()
         .context("unable to start the runtime")?;
+    // after the fork: threads do not survive it
+    let cluster = match cluster {
+        Some(setup) => Some(setup.start().context("unable to start cluster services")?),
+        None => None,
+    };
     let ipc = IpcSetup {
         config: pmxcfs_ipc::ServerConfig {
             service_name: cli.ipc_name.clone(),
@@ -355,6 +365,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         restart_flag: &restart_flag,
         gid,
         ipc,
+        cluster,
     };
     let result = rt.block_on(serve(served));
 
@@ -433,6 +444,7 @@ struct Serve<'a> {
     restart_flag: &'a Path,
     gid: Gid,
     ipc: IpcSetup,
+    cluster: Option<Cluster>,
 }
 
 async fn serve(s: Serve<'_>) -> Result<()> {
@@ -446,6 +458,7 @@ async fn serve(s: Serve<'_>) -> Result<()> {
         restart_flag,
         gid,
         ipc,
+        cluster,
     } = s;
 
     let mut term = signal(SignalKind::terminate())?;
@@ -491,6 +504,10 @@ async fn serve(s: Serve<'_>) -> Result<()> {
     create_restart_flag(restart_flag, gid);
     tracing::info!("teardown filesystem");
     server.stop().await;
+    // before the unmount: requests waiting for their delivery get EACCES
+    if let Some(c) = cluster {
+        tokio::task::spawn_blocking(move || c.stop()).await.ok();
+    }
     stop_fuse(&mut unmounter, mount, conn, &mut done_rx).await;
     // The thread ends right after it reported the end of the session.
     for _ in 0..50 {

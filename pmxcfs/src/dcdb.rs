@@ -129,11 +129,6 @@ impl<M: Mcast> DcdbService<M> {
         }
     }
 
-    /// The state machine's mode (START before the first join).
-    pub fn mode(&self) -> Mode {
-        self.dfsm.as_ref().map_or(Mode::Start, Dfsm::mode)
-    }
-
     /// Serve commands until [`Cmd::Stop`] or until every sender is gone.
     pub fn run(mut self, rx: Receiver<Cmd>) {
         while let Ok(cmd) = rx.recv() {

@@ -5,10 +5,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[allow(dead_code)] // wired into the daemon with the corosync services
+mod cluster;
 mod corosync_conf;
 mod daemon;
-#[allow(dead_code)] // wired into the daemon with the corosync services
 mod dcdb;
 mod fs;
 mod ipc_glue;

@@ -1,0 +1,271 @@
+//! Cluster mode: the corosync services (pmxcfs-services) wired to the
+//! dcdb service (dcdb.rs), the quorum flag and the `.members` data.
+//!
+//! [`ClusterSetup`] exists before the mount (the filesystem needs its
+//! [`ClusterSubmitter`]); [`ClusterSetup::start`] runs after the daemon
+//! forked (threads do not survive a fork).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pmxcfs_dfsm::machine::Member;
+use pmxcfs_memdb::{MemDb, Submit};
+use pmxcfs_services::confdb::{ClusterConfig, ConfdbService};
+use pmxcfs_services::cpg::{CpgEvent, CpgSender, CpgService};
+use pmxcfs_services::quorum::QuorumService;
+use pmxcfs_status::members::{ClusterInfo, MemberNode};
+use pmxcfs_status::Status;
+
+use crate::corosync_conf::{self, HostConf};
+use crate::dcdb::{ClusterSubmitter, Cmd, DcdbService, Mcast, MemStore};
+
+/// The dcdb CPG group (joined with its trailing NUL by the service).
+const DCDB_GROUP: &str = "pve_dcdb_v1";
+/// VERIFY_REQUEST interval of the lowest node (dcdb: 3600 s).
+const VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What is prepared before the mount.
+pub struct ClusterSetup {
+    memdb: Arc<MemDb>,
+    status: Arc<Status>,
+    host_conf: HostConf,
+    quorate: Arc<AtomicBool>,
+    tx: Sender<Cmd>,
+    rx: Receiver<Cmd>,
+}
+
+/// The running cluster side.
+pub struct Cluster {
+    cpg: CpgService,
+    quorum: QuorumService,
+    confdb: ConfdbService,
+    tx: Sender<Cmd>,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ClusterSetup {
+    pub fn new(memdb: Arc<MemDb>, status: Arc<Status>, host_conf_path: PathBuf) -> Self {
+        let (tx, rx) = mpsc::channel();
+        ClusterSetup {
+            memdb,
+            status,
+            host_conf: HostConf {
+                path: host_conf_path,
+                ..HostConf::system()
+            },
+            quorate: Arc::new(AtomicBool::new(false)),
+            tx,
+            rx,
+        }
+    }
+
+    /// The filesystem's Submit in cluster mode.
+    pub fn submitter(&self) -> Arc<dyn Submit> {
+        Arc::new(ClusterSubmitter {
+            memdb: self.memdb.clone(),
+            quorate: self.quorate.clone(),
+            tx: self.tx.clone(),
+        })
+    }
+
+    /// Write corosync.conf to the host when the database's is newer (at
+    /// start, as C does).
+    pub fn sync_corosync_conf(&self) {
+        let conf = self.memdb.read("corosync.conf");
+        corosync_conf::sync(conf.as_deref(), &self.host_conf, false);
+    }
+
+    /// Connect to corosync and start serving the group.
+    pub fn start(self) -> Result<Cluster> {
+        let ClusterSetup {
+            memdb,
+            status,
+            host_conf,
+            quorate,
+            tx,
+            rx,
+        } = self;
+        let stop = Arc::new(AtomicBool::new(false));
+        let quorum = QuorumService::start().context("quorum service")?;
+        let confdb = ConfdbService::start().context("confdb service")?;
+        let (cpg, events) = CpgService::start(DCDB_GROUP).context("dcdb CPG service")?;
+        let view = Arc::new(Mutex::new(View::default()));
+
+        let store = MemStore {
+            memdb: memdb.clone(),
+            quorate: quorate.clone(),
+            corosync_conf: Box::new(move |memdb: &MemDb, local: bool| {
+                let conf = memdb.read("corosync.conf");
+                corosync_conf::sync(conf.as_deref(), &host_conf, local);
+            }),
+        };
+        let service = DcdbService::new(store, CpgMcast(cpg.sender()));
+        let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("dcdb".into())
+                .spawn(move || service.run(rx))?,
+        );
+        // CPG events -> dcdb commands, and the CPG membership for .members
+        {
+            let tx = tx.clone();
+            let view = view.clone();
+            let status = status.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("dcdb-cpg".into())
+                    .spawn(move || {
+                        for ev in events {
+                            let cmd = match ev {
+                                CpgEvent::Joined { nodeid, pid } => {
+                                    Cmd::Joined(Member { nodeid, pid })
+                                }
+                                CpgEvent::Confchg {
+                                    members, joined, ..
+                                } => {
+                                    let m: Vec<Member> = members
+                                        .iter()
+                                        .map(|&(nodeid, pid)| Member { nodeid, pid })
+                                        .collect();
+                                    view.lock().unwrap_or_else(|p| p.into_inner()).online =
+                                        members.iter().map(|(n, _)| n.0).collect();
+                                    publish(&view, &status);
+                                    Cmd::Confchg(m, joined.len())
+                                }
+                                CpgEvent::Deliver { nodeid, pid, msg } => {
+                                    Cmd::Deliver(Member { nodeid, pid }, msg)
+                                }
+                                CpgEvent::Disconnected => {
+                                    view.lock().unwrap_or_else(|p| p.into_inner()).online =
+                                        BTreeSet::new();
+                                    publish(&view, &status);
+                                    Cmd::Disconnected
+                                }
+                            };
+                            if tx.send(cmd).is_err() {
+                                break;
+                            }
+                        }
+                    })?,
+            );
+        }
+        // quorum and the corosync configuration, polled (both services
+        // keep the latest value; a change is seen within 50 ms)
+        {
+            let stop = stop.clone();
+            let status = status.clone();
+            let quorum_rx = quorum.subscribe();
+            let confdb_rx = confdb.subscribe();
+            let view = view.clone();
+            let tx = tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-watch".into())
+                    .spawn(move || {
+                        let mut last_q = None;
+                        let mut last_conf: Option<ClusterConfig> = None;
+                        let mut since_verify = Duration::ZERO;
+                        let tick = Duration::from_millis(50);
+                        while !stop.load(Ordering::Acquire) {
+                            let q = *quorum_rx.borrow();
+                            if last_q != Some(q) {
+                                tracing::info!("node has {}quorum", if q { "" } else { "lost " });
+                                quorate.store(q, Ordering::Release);
+                                status.set_quorate(q);
+                                last_q = Some(q);
+                            }
+                            let conf = confdb_rx.borrow().clone();
+                            if conf != last_conf {
+                                view.lock().unwrap_or_else(|p| p.into_inner()).config =
+                                    conf.clone();
+                                publish(&view, &status);
+                                last_conf = conf;
+                            }
+                            since_verify += tick;
+                            if since_verify >= VERIFY_INTERVAL {
+                                since_verify = Duration::ZERO;
+                                let _ = tx.send(Cmd::Verify);
+                            }
+                            std::thread::sleep(tick);
+                        }
+                    })?,
+            );
+        }
+        Ok(Cluster {
+            cpg,
+            quorum,
+            confdb,
+            tx,
+            threads,
+            stop,
+        })
+    }
+}
+
+impl Cluster {
+    /// Stop everything; waiting senders get EACCES. Bounded: each service
+    /// stops within 1 s.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.tx.send(Cmd::Stop);
+        if let Err(e) = self.cpg.stop() {
+            tracing::warn!("dcdb CPG service: {e}");
+        }
+        if let Err(e) = self.quorum.stop() {
+            tracing::warn!("quorum service: {e}");
+        }
+        if let Err(e) = self.confdb.stop() {
+            tracing::warn!("confdb service: {e}");
+        }
+        drop(self.tx);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct CpgMcast(CpgSender);
+
+impl Mcast for CpgMcast {
+    fn mcast(&mut self, msg: &[u8]) -> Result<(), String> {
+        self.0.mcast_agreed(msg).map_err(|e| e.to_string())
+    }
+
+    fn rejoin(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// What `.members` is made of: corosync's configuration and the CPG
+/// membership of the dcdb group.
+#[derive(Default)]
+struct View {
+    config: Option<ClusterConfig>,
+    online: BTreeSet<u32>,
+}
+
+fn publish(view: &Mutex<View>, status: &Status) {
+    let v = view.lock().unwrap_or_else(|p| p.into_inner());
+    let info = v.config.as_ref().map(|c| ClusterInfo {
+        cluster_name: c.name.clone(),
+        config_version: c.config_version,
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| MemberNode {
+                name: n.name.clone(),
+                nodeid: n.nodeid.0,
+                online: v.online.contains(&n.nodeid.0),
+                ip: None,
+            })
+            .collect(),
+    });
+    status.set_cluster_info(info);
+}
