@@ -32,9 +32,7 @@ use rust_corosync::cpg;
 use rust_corosync::{CsError, DispatchFlags};
 
 use crate::registry::{new_context, Registration, Registry};
-use crate::retry::{
-    retry_try_again, RetryError, TryAgainPolicy, RECONNECT_INTERVAL, TRY_AGAIN_INTERVAL,
-};
+use crate::retry::{retry_try_again, RetryError, TryAgainPolicy, RECONNECT_INTERVAL};
 use crate::runner::{Client, Control, Next, ServiceThread};
 use crate::{StopError, STOP_TIMEOUT};
 
@@ -461,11 +459,9 @@ impl Client for CpgClient {
             let before = conn.target.callbacks.load(Ordering::Relaxed);
             match cpg::dispatch(&conn.handle, DispatchFlags::OneNonblocking) {
                 Ok(()) => {}
-                Err(CsError::CsErrTryAgain) => {
-                    // as dfsm_dispatch: pause 100 ms, poll and dispatch again
-                    ctl.sleep(TRY_AGAIN_INTERVAL);
-                    break;
-                }
+                // non-blocking: nothing (more) to dispatch now; poll again
+                // (a pause here would delay every delivery)
+                Err(CsError::CsErrTryAgain) => break,
                 Err(err) => {
                     return Err(CpgError::Corosync {
                         op: "cpg_dispatch",

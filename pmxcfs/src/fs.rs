@@ -831,30 +831,50 @@ impl Filesystem for CfsFs {
         name: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        let res = self
-            .make_entry(parent.0, name, |path| Operation::Create { path })
-            .and_then(|a| {
-                // a real handle, so that it keeps the file if it is unlinked
-                self.ctx.memdb.open_file(a.inode)?;
-                Ok(a)
-            });
+        let res = (|| {
+            let path = self.mutate_path(parent.0, name)?;
+            match self.submit(Operation::Create { path: path.clone() }) {
+                Ok(_) => {}
+                // open(O_CREAT) without O_EXCL of a file that another node
+                // (or process) created since the kernel's lookup: open the
+                // existing one, as POSIX wants (C answers EEXIST)
+                Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+                    // (EEXIST without such a file: the VMID is another
+                    // node's, and stays EEXIST)
+                    let a = self.ctx.memdb.getattr(&path).ok_or(Errno::EEXIST)?;
+                    if a.kind != FileKind::File {
+                        return Err(Errno::EISDIR);
+                    }
+                    self.ctx.memdb.open_file(a.inode)?;
+                    let trunc = flags & libc::O_TRUNC != 0;
+                    if trunc {
+                        if let Err(e) = self.submit.open_truncate(&path, a.inode) {
+                            self.ctx.memdb.release_file(a.inode);
+                            return Err(e);
+                        }
+                    }
+                    return Ok((a, trunc));
+                }
+                Err(e) => return Err(e),
+            }
+            let a = self.ctx.memdb.getattr(&path).ok_or(Errno::ENOENT)?;
+            // a real handle, so that it keeps the file if it is unlinked
+            self.ctx.memdb.open_file(a.inode)?;
+            Ok((a, false))
+        })();
         match res {
-            Ok(a) => {
+            Ok((a, trunc_owed)) => {
                 let attr = self.db_attr(&a);
-                let fh = self.new_handle(Handle::Db {
+                let h = Handle::Db {
                     inode: a.inode,
-                    trunc_owed: false,
-                });
-                reply.created(
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
-                )
+                    trunc_owed,
+                };
+                let open = open_flags(&h);
+                let fh = self.new_handle(h);
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), open)
             }
             Err(e) => reply.error(fe(e)),
         }

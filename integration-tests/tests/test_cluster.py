@@ -1,0 +1,302 @@
+"""cluster: three real corosync nodes in private namespaces, one of our
+daemons each with the C daemon's default paths and options (lib/cluster.py);
+checklist items 4 (cluster half), 12, 13, 14. With --c-binary, the mixed
+tests put the C daemon on one node and on two."""
+
+import errno
+import os
+import threading
+import time
+
+from lib import harness
+from lib.cluster import Cluster
+from lib.harness import (
+    NotRunnableOnC,
+    TestFailure,
+    check,
+    eq,
+    expect_errno,
+    read,
+    timeout,
+    wait_for,
+    write_all,
+)
+
+
+def ours():
+    """The daemon under test (the C daemon in a --c-binary run's C pass)."""
+    return harness.binary_path()
+
+
+def same_everywhere(nodes, rel, data):
+    def ok():
+        for n in nodes:
+            try:
+                if read(n.path(rel)) != data:
+                    return False
+            except OSError:
+                return False
+        return True
+    return ok
+
+
+def started(c, binaries=None):
+    """Start a daemon on every node (binaries: per node, default ours) and
+    wait until all are quorate with everybody online."""
+    for n, b in zip(c.nodes, binaries or [ours()] * len(c.nodes)):
+        n.start_pmxcfs(b, wait=False)
+    for n in c.nodes:
+        n.wait_serving(20)
+    c.wait_pmxcfs_ready()
+    return c
+
+
+def quorate_of(n):
+    """The `quorate` flag of a node's .members (None if unreadable)."""
+    return (n.members() or {}).get("cluster", {}).get("quorate")
+
+
+def _replication(t, binaries):
+    with Cluster(3) as c:
+        started(c, binaries)
+        n1, n2, n3 = c.nodes
+        os.makedirs(n1.path("nodes/n1/qemu-server"), exist_ok=True)
+        data = os.urandom(5000)
+        write_all(n1.path("storage.cfg"), data)
+        wait_for(same_everywhere(c.nodes, "storage.cfg", data), 10, what="storage.cfg on every node")
+        write_all(n2.path("nodes/n1/qemu-server/100.conf"), b"memory: 512\n")
+        os.rename(n2.path("storage.cfg"), n2.path("storage.cfg.old"))
+        os.mkdir(n3.path("ha"))
+        os.unlink(n3.path("storage.cfg.old"))
+        c.wait_rows_identical()
+        for n in c.nodes:
+            check(os.path.isdir(n.path("ha")), f"{n.name}: mkdir from n3")
+            check(not os.path.exists(n.path("storage.cfg.old")), f"{n.name}: unlink from n3")
+            eq(read(n.path("nodes/n1/qemu-server/100.conf")), b"memory: 512\n", f"{n.name}: guest config")
+        # writer is the sender's node id, the same everywhere (rows identical)
+        rows = {r[6]: r for r in n3.db_rows()}
+        eq(rows["100.conf"][3], 2, "writer of a file written on n2")
+        vml = [read(n.path(".vmlist")) for n in c.nodes]
+        check(all(v == vml[0] for v in vml), f".vmlist differs: {vml}")
+        check(b'"100"' in vml[0], f".vmlist lacks 100: {vml[0]!r}")
+        mem = [n.members() for n in c.nodes]
+        check(all((m or {}).get("cluster", {}).get("quorate") == 1 for m in mem), f".members quorate: {mem}")
+
+
+@timeout(90)
+def test_item12_write_mkdir_rename_unlink_everywhere(t):
+    """item 12: writes, mkdir, rename, unlink on any node are on every node with identical bytes, writer and config.db rows; .vmlist and .members agree."""
+    _replication(t, None)
+
+
+@timeout(90)
+def test_item4_vmid_conflicts_and_locks_across_nodes(t):
+    """items 1, 4: a VMID on another node is EEXIST; a lock held on n1 is EEXIST on n2; utime of it on n2 (refresh or unlock request before expiry) is EACCES."""
+    with Cluster(3) as c:
+        started(c)
+        n1, n2, n3 = c.nodes
+        for n in ("n1", "n2"):
+            os.makedirs(n1.path(f"nodes/{n}/qemu-server"), exist_ok=True)
+        os.makedirs(n1.path("priv/lock"), exist_ok=True)
+        write_all(n1.path("nodes/n1/qemu-server/100.conf"), b"a\n")
+        wait_for(lambda: os.path.exists(n2.path("nodes/n1/qemu-server/100.conf")), 10, what="100.conf on n2")
+        expect_errno(errno.EEXIST, write_all, n2.path("nodes/n2/qemu-server/100.conf"), b"b\n",
+                     what="VMID 100 on another node")
+        os.mkdir(n1.path("priv/lock/backup"))
+        wait_for(lambda: os.path.isdir(n2.path("priv/lock/backup")), 10, what="lock on n2")
+        expect_errno(errno.EEXIST, os.mkdir, n2.path("priv/lock/backup"), what="lock held by n1")
+        expect_errno(errno.EACCES, os.utime, n2.path("priv/lock/backup"), (0, 0),
+                     what="unlock request before expiry")
+        expect_errno(errno.EACCES, os.utime, n2.path("priv/lock/backup"), None,
+                     what="refresh of another node's lock")
+        os.utime(n1.path("priv/lock/backup"), None)  # the holder may refresh
+        c.wait_rows_identical()
+
+
+@timeout(150)
+def test_item13_concurrent_writers_on_all_nodes(t):
+    """item 13: 3 x 300 writes at once, to distinct and to shared files: byte-identical indexes on all nodes."""
+    with Cluster(3) as c:
+        started(c)
+        errors = []
+
+        def writer(n, k):
+            try:
+                for i in range(300):
+                    name = f"own-{k}-{i % 40}" if i % 2 else f"shared-{i % 10}"
+                    write_all(n.path(name), f"{k}:{i}\n".encode() * (1 + i % 30))
+            except OSError as e:
+                errors.append(f"{n.name}: {e}")
+
+        th = [threading.Thread(target=writer, args=(n, k)) for k, n in enumerate(c.nodes)]
+        t0 = time.monotonic()
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(120)
+        took = time.monotonic() - t0
+        check(not errors, f"writes failed: {errors[:3]}")
+        c.wait_rows_identical(timeout=20)
+        t.note(f"# 900 replicated writes from 3 nodes: {took:.2f}s ({900 / took:.0f}/s)")
+
+
+@timeout(120)
+def test_item13_partition_minority_refuses_then_heals(t):
+    """items 2, 13: a partitioned node refuses every mutation with EACCES and still reads; after the heal all indexes are identical and none of the refused attempts exists anywhere."""
+    with Cluster(3) as c:
+        started(c)
+        n1, n2, n3 = c.nodes
+        write_all(n1.path("before"), b"x")
+        wait_for(same_everywhere(c.nodes, "before", b"x"), 10, what="before on every node")
+        n3.partition()
+        wait_for(lambda: quorate_of(n3) == 0, 15, what="n3 not quorate")
+        expect_errno(errno.EACCES, write_all, n3.path("refused"), b"no", what="write on the minority")
+        expect_errno(errno.EACCES, os.mkdir, n3.path("refused-dir"), what="mkdir on the minority")
+        eq(read(n3.path("before")), b"x", "read on the minority")
+        write_all(n1.path("majority"), b"y")
+        n3.heal()
+        wait_for(same_everywhere(c.nodes, "majority", b"y"), 20, what="majority's write on n3")
+        c.wait_rows_identical(timeout=20)
+        for n in c.nodes:
+            check(not os.path.exists(n.path("refused")) and not os.path.exists(n.path("refused-dir")),
+                  f"{n.name}: a refused attempt exists")
+
+
+@timeout(120)
+def test_kill9_during_write_storm_then_resync(t):
+    """kill -9 one daemon during a write storm on another node, restart it over its dead mount: it resyncs, nothing acknowledged on the survivors is lost."""
+    with Cluster(3) as c:
+        started(c)
+        n1, n2, n3 = c.nodes
+        acked = {}
+        stop = threading.Event()
+
+        def storm():
+            i = 0
+            while not stop.is_set():
+                data = f"{i}\n".encode()
+                try:
+                    write_all(n1.path(f"storm-{i % 50}"), data)
+                    acked[f"storm-{i % 50}"] = data
+                except OSError:
+                    pass
+                i += 1
+
+        th = threading.Thread(target=storm)
+        th.start()
+        time.sleep(0.5)
+        n2.kill9_pmxcfs()
+        time.sleep(0.5)
+        n2.start_pmxcfs(ours())
+        time.sleep(0.5)
+        stop.set()
+        th.join(30)
+        c.wait_pmxcfs_ready()
+        c.wait_rows_identical(timeout=20)
+        for name, data in acked.items():
+            for n in c.nodes:
+                eq(read(n.path(name)), data, f"{n.name}: {name} as answered")
+
+
+@timeout(150)
+def test_stopped_node_misses_1000_writes_then_resyncs(t):
+    """stop a daemon, write 1,000 files elsewhere, start it: it resyncs to identical rows."""
+    with Cluster(3) as c:
+        started(c)
+        n1, n2, n3 = c.nodes
+        eq(n3.stop_pmxcfs(), 0, "n3 stops on SIGTERM")
+        for i in range(1000):
+            write_all(n1.path(f"f{i}"), f"{i}".encode())
+        t0 = time.monotonic()
+        n3.start_pmxcfs(ours())
+        c.wait_pmxcfs_ready()
+        c.wait_rows_identical(timeout=30)
+        t.note(f"# resync of 1,000 missed writes: {time.monotonic() - t0:.2f}s")
+        eq(read(n3.path("f999")), b"999", "n3 has the last write")
+
+
+@timeout(120)
+def test_corosync_restart_under_a_running_daemon(t):
+    """stop and restart corosync under a running daemon: it reconnects (not quorate meanwhile) and resyncs."""
+    with Cluster(3) as c:
+        started(c)
+        n1, n2, n3 = c.nodes
+        n2.stop_corosync()
+        wait_for(lambda: quorate_of(n2) == 0, 15, what="n2 not quorate without corosync")
+        write_all(n1.path("while-away"), b"z")
+        n2.start_corosync()
+        wait_for(same_everywhere([n2], "while-away", b"z"), 30, what="the write on n2 after corosync came back")
+        c.wait_pmxcfs_ready(timeout=30)
+        c.wait_rows_identical(timeout=20)
+        write_all(n2.path("after"), b"w")
+        wait_for(same_everywhere(c.nodes, "after", b"w"), 10, what="n2 writes again")
+
+
+@timeout(120)
+def test_item14_corosync_conf_reaches_every_host(t):
+    """item 14: corosync.conf edited on one node (higher config_version) replaces /etc/corosync/corosync.conf on every node; a lower one leaves it."""
+    with Cluster(3) as c:
+        started(c)
+        n1 = c.nodes[0]
+        conf = read(n1.path("corosync.conf"))
+        check(b"config_version" in conf, f"corosync.conf without config_version: {conf[:200]!r}")
+        import re
+        ver = int(re.search(rb"config_version:\s*(\d+)", conf).group(1))
+        new = re.sub(rb"(config_version:\s*)\d+", b"\\g<1>%d" % (ver + 1), conf)
+        new = new.replace(b"token: 500", b"token: 600") if b"token: 500" in new else new
+        tmp = n1.path("corosync.conf.new")
+        write_all(tmp, new)
+        os.rename(tmp, n1.path("corosync.conf"))
+        for n in c.nodes:
+            wait_for(lambda n=n: read(n.root_path("/etc/corosync/corosync.conf")) == new, 15,
+                     what=f"{n.name}: host corosync.conf")
+
+
+@timeout(90)
+def test_sigterm_during_cluster_traffic_exits_within_1s(t):
+    """SIGTERM during cluster traffic: every daemon exits 0 within 1 s, every time (5 rounds)."""
+    with Cluster(3) as c:
+        for rnd in range(5):
+            started(c)
+            stop = threading.Event()
+
+            def traffic(n):
+                i = 0
+                while not stop.is_set():
+                    try:
+                        write_all(n.path(f"t{i % 20}"), b"x" * (i % 500))
+                    except OSError:
+                        return
+                    i += 1
+
+            th = [threading.Thread(target=traffic, args=(n,)) for n in c.nodes]
+            for x in th:
+                x.start()
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            res = c.stop_pmxcfs(timeout=5)
+            took = time.monotonic() - t0
+            stop.set()
+            for x in th:
+                x.join(10)
+            eq(res, {n.name: 0 for n in c.nodes}, f"round {rnd}: exit codes")
+            check(took < 1.0, f"round {rnd}: stopping took {took:.2f}s")
+
+
+def _c_binary():
+    b = os.environ.get("PMXCFS_C_BINARY") or harness.Config.c_binary
+    if not b:
+        raise NotRunnableOnC("needs a C pmxcfs (--c-binary PATH or $PMXCFS_C_BINARY)")
+    return b
+
+
+@timeout(120)
+def test_mixed_one_c_node(t):
+    """items 12, 13: a mixed cluster, the C daemon on n3: replication both ways with identical rows."""
+    _replication(t, [ours(), ours(), _c_binary()])
+
+
+@timeout(120)
+def test_mixed_two_c_nodes(t):
+    """items 12, 13: a mixed cluster, the C daemon on n2 and n3: replication both ways with identical rows."""
+    _replication(t, [ours(), _c_binary(), _c_binary()])
