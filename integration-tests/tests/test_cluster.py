@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from lib import harness
+from lib import harness, qb
 from lib.cluster import Cluster
 from lib.harness import (
     NotRunnableOnC,
@@ -283,6 +283,37 @@ def test_sigterm_during_cluster_traffic_exits_within_1s(t):
             check(took < 1.0, f"round {rnd}: stopping took {took:.2f}s")
 
 
+def _kv_and_log(t, binaries):
+    with Cluster(3) as c:
+        started(c, binaries)
+        n1, n2, n3 = c.nodes
+        err, _ = n1.qb_call(qb.OP_SET_STATUS, qb.set_status("kv/test", b"bar\0"))
+        eq(err, 0, "SET_STATUS on n1")
+
+        def kv_on(n):
+            e, data = n.qb_call(qb.OP_GET_STATUS, qb.get_status("kv/test", "n1"))
+            return e == 0 and data == b"bar\0"
+        for n in (n2, n3):
+            wait_for(lambda n=n: kv_on(n), 10, what=f"{n.name}: GET_STATUS kv/test of n1")
+        err, _ = n2.qb_call(qb.OP_LOG_CLUSTER_MSG, qb.log_msg(5, "root@pam", "test", "hello from n2"))
+        eq(err, 0, "LOG_CLUSTER_MSG on n2")
+
+        def logged(n):
+            e, data = n.qb_call(qb.OP_GET_CLUSTER_LOG, qb.get_log(50, ""))
+            return e == 0 and b"hello from n2" in data
+        for n in (n1, n3):
+            wait_for(lambda n=n: logged(n), 10, what=f"{n.name}: n2's cluster log entry")
+        # nodeip of every node shows in .members
+        wait_for(lambda: all(all("ip" in v for v in ((n.members() or {}).get("nodelist") or {"x": {}}).values())
+                             for n in c.nodes), 10, what="node ips in .members")
+
+
+@timeout(90)
+def test_items8_10_kv_store_and_cluster_log_across_nodes(t):
+    """items 8, 10: SET_STATUS on n1 is GET_STATUS(key, n1) on n2 and n3; a LOG_CLUSTER_MSG on n2 is in the cluster log of n1 and n3; every node's IP shows in .members."""
+    _kv_and_log(t, None)
+
+
 def _c_binary():
     b = os.environ.get("PMXCFS_C_BINARY") or harness.Config.c_binary
     if not b:
@@ -294,6 +325,12 @@ def _c_binary():
 def test_mixed_one_c_node(t):
     """items 12, 13: a mixed cluster, the C daemon on n3: replication both ways with identical rows."""
     _replication(t, [ours(), ours(), _c_binary()])
+
+
+@timeout(120)
+def test_mixed_kv_store_and_cluster_log(t):
+    """items 8, 10: the kv store and the cluster log across a mixed cluster (C on n3)."""
+    _kv_and_log(t, [ours(), ours(), _c_binary()])
 
 
 @timeout(120)

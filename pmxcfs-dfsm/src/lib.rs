@@ -19,6 +19,7 @@ mod bytes;
 pub mod dcdb;
 pub mod dcdb_app;
 pub mod kvstore;
+pub mod kvstore_app;
 pub mod machine;
 pub mod wire;
 

@@ -148,6 +148,45 @@ impl Status {
         Ok(())
     }
 
+    /// A SET_STATUS made on another node, delivered by the kvstore group
+    /// (status.c `cfs_kvstore_node_set`): `rrd/` keys to the RRD dump,
+    /// `nodeip` to the IP table, anything else to that node's kv table.
+    pub fn set_remote(&self, node: &str, key: &str, data: &[u8]) {
+        let mut g = self.lock();
+        if let Some(rrd_key) = key.strip_prefix("rrd/") {
+            let now = u64::from(pmxcfs_api_types::now_secs());
+            if let Err(e) = g.rrd_dump.set(rrd_key, data, now) {
+                tracing::debug!("RRD update of '{rrd_key}' from {node} ignored: {e}");
+            }
+        } else if key == "nodeip" {
+            if let Ok(ip) = parse_nodeip(data) {
+                if g.node_ips.get(node) != Some(&ip) {
+                    g.clinfo_version += 1;
+                    g.node_ips.insert(node.to_string(), ip);
+                }
+            }
+        } else if data.len() <= MAX_STATUS_SIZE {
+            g.remote_kv.entry(node.to_string()).or_default().set(key, data);
+        }
+    }
+
+    /// This node's kv entries and its `nodeip` (what a kvstore sync sends
+    /// to the others, status.c `cfs_kvstore_sync` and `dfsm_synced`).
+    pub fn local_entries(&self) -> Vec<(String, Vec<u8>)> {
+        let g = self.lock();
+        let mut out: Vec<(String, Vec<u8>)> = g
+            .kv
+            .iter()
+            .map(|(k, e)| (k.clone(), e.data.clone()))
+            .collect();
+        if let Some(ip) = g.node_ips.get(&self.nodename) {
+            let mut v = ip.clone().into_bytes();
+            v.push(0);
+            out.push(("nodeip".to_string(), v));
+        }
+        out
+    }
+
     /// GET_STATUS (status.c `cfs_create_status_msg`): `node` empty or this
     /// node reads the local table.
     pub fn get_kv(&self, node: &str, key: &str) -> Result<Vec<u8>, Errno> {

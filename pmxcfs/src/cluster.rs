@@ -23,10 +23,16 @@ use pmxcfs_status::members::{ClusterInfo, MemberNode};
 use pmxcfs_status::Status;
 
 use crate::corosync_conf::{self, HostConf};
-use crate::dcdb::{ClusterSubmitter, Cmd, DcdbService, Mcast, MemStore};
+use crate::dcdb::{dcdb_service, ClusterSubmitter, Cmd, Mcast, MemStore};
 
 /// The dcdb CPG group (joined with its trailing NUL by the service).
 const DCDB_GROUP: &str = "pve_dcdb_v1";
+use pmxcfs_dfsm::kvstore_app::{
+    update_message, KvStore, KvStoreSink, KVSTORE_GROUP, KVSTORE_PROTOCOL_VERSION,
+};
+use pmxcfs_logger::{ClogBuffer, ClogEntry, ClusterLog};
+
+use crate::dcdb::GroupService;
 /// VERIFY_REQUEST interval of the lowest node (dcdb: 3600 s).
 const VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -34,6 +40,11 @@ const VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct ClusterSetup {
     memdb: Arc<MemDb>,
     status: Arc<Status>,
+    clog: Arc<Mutex<ClusterLog>>,
+    kv_tx: Sender<Cmd>,
+    kv_rx: Receiver<Cmd>,
+    /// This node's address, sent as `nodeip` when the kvstore is synced.
+    node_ip: String,
     host_conf: HostConf,
     quorate: Arc<AtomicBool>,
     tx: Sender<Cmd>,
@@ -43,6 +54,8 @@ pub struct ClusterSetup {
 /// The running cluster side.
 pub struct Cluster {
     cpg: CpgService,
+    kv_cpg: CpgService,
+    kv_tx: Sender<Cmd>,
     quorum: QuorumService,
     confdb: ConfdbService,
     tx: Sender<Cmd>,
@@ -51,11 +64,22 @@ pub struct Cluster {
 }
 
 impl ClusterSetup {
-    pub fn new(memdb: Arc<MemDb>, status: Arc<Status>, host_conf_path: PathBuf) -> Self {
+    pub fn new(
+        memdb: Arc<MemDb>,
+        status: Arc<Status>,
+        clog: Arc<Mutex<ClusterLog>>,
+        host_conf_path: PathBuf,
+        node_ip: String,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
+        let (kv_tx, kv_rx) = mpsc::channel();
         ClusterSetup {
             memdb,
             status,
+            clog,
+            kv_tx,
+            kv_rx,
+            node_ip,
             host_conf: HostConf {
                 path: host_conf_path,
                 ..HostConf::system()
@@ -75,6 +99,12 @@ impl ClusterSetup {
         })
     }
 
+    /// Where this node's status keys and cluster log entries go to the
+    /// other nodes (the kvstore group).
+    pub fn kvstore_sender(&self) -> Sender<Cmd> {
+        self.kv_tx.clone()
+    }
+
     /// Write corosync.conf to the host when the database's is newer (at
     /// start, as C does).
     pub fn sync_corosync_conf(&self) {
@@ -87,6 +117,10 @@ impl ClusterSetup {
         let ClusterSetup {
             memdb,
             status,
+            clog,
+            kv_tx,
+            kv_rx,
+            node_ip,
             host_conf,
             quorate,
             tx,
@@ -97,6 +131,16 @@ impl ClusterSetup {
         let confdb = ConfdbService::start().context("confdb service")?;
         let (cpg, events) = CpgService::start(DCDB_GROUP).context("dcdb CPG service")?;
         let view = Arc::new(Mutex::new(View::default()));
+        // C starts the kvstore after confdb has the node list: status keys
+        // of nodes not in it are ignored, so wait for it (bounded)
+        for _ in 0..60 {
+            if let Some(conf) = confdb.current() {
+                view.lock().unwrap_or_else(|p| p.into_inner()).config = Some(conf);
+                publish(&view, &status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
 
         let store = MemStore {
             memdb: memdb.clone(),
@@ -106,54 +150,60 @@ impl ClusterSetup {
                 corosync_conf::sync(conf.as_deref(), &host_conf, local);
             }),
         };
-        let service = DcdbService::new(store, CpgMcast(cpg.sender()));
+        let service = dcdb_service(store, CpgMcast(cpg.sender()));
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
                 .name("dcdb".into())
                 .spawn(move || service.run(rx))?,
         );
-        // CPG events -> dcdb commands, and the CPG membership for .members
+        // the kvstore group: status keys, cluster log, node online flags
+        let (kv_cpg, kv_events) =
+            CpgService::start(KVSTORE_GROUP).context("kvstore CPG service")?;
+        {
+            let sink = KvSink {
+                status: status.clone(),
+                clog,
+                view: view.clone(),
+            };
+            let status = status.clone();
+            let kv = GroupService::new(
+                KvStore { sink },
+                KVSTORE_PROTOCOL_VERSION,
+                CpgMcast(kv_cpg.sender()),
+            )
+            .on_synced(Box::new(move || {
+                // dfsm_synced: this node's IP (as set, else its own)
+                if !status.local_entries().iter().any(|(k, _)| k == "nodeip") {
+                    let mut ip = node_ip.clone().into_bytes();
+                    ip.push(0);
+                    let _ = status.set_status("nodeip", &ip);
+                }
+                status
+                    .local_entries()
+                    .iter()
+                    .filter_map(|(k, v)| update_message(k, v))
+                    .collect()
+            }));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("kvstore".into())
+                    .spawn(move || kv.run(kv_rx))?,
+            );
+            let tx = kv_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("kvstore-cpg".into())
+                    .spawn(move || forward(kv_events, &tx))?,
+            );
+        }
+        // CPG events -> dcdb commands
         {
             let tx = tx.clone();
-            let view = view.clone();
-            let status = status.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("dcdb-cpg".into())
-                    .spawn(move || {
-                        for ev in events {
-                            let cmd = match ev {
-                                CpgEvent::Joined { nodeid, pid } => {
-                                    Cmd::Joined(Member { nodeid, pid })
-                                }
-                                CpgEvent::Confchg {
-                                    members, joined, ..
-                                } => {
-                                    let m: Vec<Member> = members
-                                        .iter()
-                                        .map(|&(nodeid, pid)| Member { nodeid, pid })
-                                        .collect();
-                                    view.lock().unwrap_or_else(|p| p.into_inner()).online =
-                                        members.iter().map(|(n, _)| n.0).collect();
-                                    publish(&view, &status);
-                                    Cmd::Confchg(m, joined.len())
-                                }
-                                CpgEvent::Deliver { nodeid, pid, msg } => {
-                                    Cmd::Deliver(Member { nodeid, pid }, msg)
-                                }
-                                CpgEvent::Disconnected => {
-                                    view.lock().unwrap_or_else(|p| p.into_inner()).online =
-                                        BTreeSet::new();
-                                    publish(&view, &status);
-                                    Cmd::Disconnected
-                                }
-                            };
-                            if tx.send(cmd).is_err() {
-                                break;
-                            }
-                        }
-                    })?,
+                    .spawn(move || forward(events, &tx))?,
             );
         }
         // quorum and the corosync configuration, polled (both services
@@ -200,6 +250,8 @@ impl ClusterSetup {
         }
         Ok(Cluster {
             cpg,
+            kv_cpg,
+            kv_tx,
             quorum,
             confdb,
             tx,
@@ -215,8 +267,12 @@ impl Cluster {
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.tx.send(Cmd::Stop);
+        let _ = self.kv_tx.send(Cmd::Stop);
         if let Err(e) = self.cpg.stop() {
             tracing::warn!("dcdb CPG service: {e}");
+        }
+        if let Err(e) = self.kv_cpg.stop() {
+            tracing::warn!("kvstore CPG service: {e}");
         }
         if let Err(e) = self.quorum.stop() {
             tracing::warn!("quorum service: {e}");
@@ -225,9 +281,93 @@ impl Cluster {
             tracing::warn!("confdb service: {e}");
         }
         drop(self.tx);
+        drop(self.kv_tx);
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// CPG events of a group -> commands of its service thread.
+fn forward(events: Receiver<CpgEvent>, tx: &Sender<Cmd>) {
+    for ev in events {
+        let cmd = match ev {
+            CpgEvent::Joined { nodeid, pid } => Cmd::Joined(Member { nodeid, pid }),
+            CpgEvent::Confchg {
+                members, joined, ..
+            } => Cmd::Confchg(
+                members
+                    .iter()
+                    .map(|&(nodeid, pid)| Member { nodeid, pid })
+                    .collect(),
+                joined.len(),
+            ),
+            CpgEvent::Deliver { nodeid, pid, msg } => Cmd::Deliver(Member { nodeid, pid }, msg),
+            CpgEvent::Disconnected => Cmd::Disconnected,
+        };
+        if tx.send(cmd).is_err() {
+            break;
+        }
+    }
+}
+
+/// The kvstore application's view of the status and the cluster log.
+struct KvSink {
+    status: Arc<Status>,
+    clog: Arc<Mutex<ClusterLog>>,
+    view: Arc<Mutex<View>>,
+}
+
+impl KvStoreSink for KvSink {
+    fn node_set(&mut self, nodeid: pmxcfs_api_types::NodeId, key: &str, value: &[u8]) {
+        // ignored for a node not in the configuration (status.c)
+        let name = {
+            let v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            v.config
+                .as_ref()
+                .and_then(|c| c.node_by_id(nodeid))
+                .map(|n| n.name.clone())
+        };
+        if let Some(name) = name {
+            self.status.set_remote(&name, key, value);
+        }
+    }
+
+    fn log_entry(&mut self, raw: &[u8]) {
+        match ClogEntry::decode(raw) {
+            Ok(e) => {
+                self.clog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(&e);
+            }
+            Err(e) => tracing::error!("cant parse log message: {e}"),
+        }
+    }
+
+    fn log_state(&mut self) -> Vec<u8> {
+        self.clog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_state()
+    }
+
+    fn merge_logs(&mut self, states: &[Option<Vec<u8>>], local: usize) {
+        let bufs: Vec<Option<ClogBuffer>> = states
+            .iter()
+            .map(|s| s.as_deref().and_then(|b| ClogBuffer::from_bytes(b).ok()))
+            .collect();
+        let refs: Vec<Option<&ClogBuffer>> = bufs.iter().map(Option::as_ref).collect();
+        let mut clog = self.clog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = clog.merge(&refs, local) {
+            tracing::error!("unable to merge log files: {e}");
+        }
+    }
+
+    fn members(&mut self, members: &[Member]) {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).online =
+            members.iter().map(|m| m.nodeid.0).collect();
+        publish(&self.view, &self.status);
     }
 }
 

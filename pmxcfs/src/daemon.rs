@@ -47,7 +47,7 @@ fn lookup_node_ip(nodename: &str) -> Option<IpAddr> {
 /// Threads serving FUSE requests, each on its own clone of the /dev/fuse
 /// descriptor: a request that waits (a commit, later a cluster round trip)
 /// holds one of them, the others keep serving.
-const FUSE_THREADS: usize = 2;
+const FUSE_THREADS: usize = 4;
 
 /// Take the instance lock: 10 retries one second apart (exit 255 after).
 fn acquire_lock(path: &Path) -> Result<Flock<File>> {
@@ -285,7 +285,13 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
     }
     // cluster mode when the database holds corosync.conf (pmxcfs.c)
     let cluster = if memdb.read("corosync.conf").is_some() && !cli.local {
-        let setup = ClusterSetup::new(memdb.clone(), status.clone(), cli.corosync_conf.clone());
+        let setup = ClusterSetup::new(
+            memdb.clone(),
+            status.clone(),
+            clog.clone(),
+            cli.corosync_conf.clone(),
+            ip.to_string(),
+        );
         setup.sync_corosync_conf();
         Some(setup)
     } else {
@@ -337,6 +343,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         .enable_all()
         .build()
         .context("unable to start the runtime")?;
+    let kv_broadcast = cluster.as_ref().map(ClusterSetup::kvstore_sender);
     // after the fork: threads do not survive it
     let cluster = match cluster {
         Some(setup) => Some(setup.start().context("unable to start cluster services")?),
@@ -355,6 +362,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
             status: status.clone(),
             clog: clog.clone(),
             nodename: nodename.clone(),
+            kvstore: kv_broadcast.map(std::sync::Mutex::new),
         }),
     };
     let served = Serve {

@@ -19,7 +19,7 @@ use pmxcfs_api_types::{
 use pmxcfs_dfsm::dcdb_app::{
     operation_message, result_errno, Dcdb, DcdbStore, DCDB_PROTOCOL_VERSION,
 };
-use pmxcfs_dfsm::machine::{Dfsm, Member, Mode, Output};
+use pmxcfs_dfsm::machine::{Application, Dfsm, Member, Mode, Output};
 use pmxcfs_memdb::{MemDb, Submit};
 
 /// Told that corosync.conf changed in the database (`local`: this node
@@ -111,22 +111,41 @@ pub enum Cmd {
     Stop,
 }
 
-/// The thread that owns the state machine.
-pub struct DcdbService<M: Mcast> {
-    app: Dcdb<MemStore>,
+/// NORMAL messages a group sends when it becomes synced (kvstore: every
+/// local status key and `nodeip`).
+pub type OnSynced = Box<dyn FnMut() -> Vec<(u16, Vec<u8>)> + Send>;
+
+/// The thread that owns a group's state machine and application (dcdb,
+/// kvstore).
+pub struct GroupService<A: Application, M: Mcast> {
+    app: A,
+    protocol_version: u32,
     dfsm: Option<Dfsm>,
     mcast: M,
     waiters: HashMap<u64, SyncSender<Option<i32>>>,
+    on_synced: Option<OnSynced>,
 }
 
-impl<M: Mcast> DcdbService<M> {
-    pub fn new(store: MemStore, mcast: M) -> Self {
-        DcdbService {
-            app: Dcdb::new(store),
+/// The dcdb group's service.
+pub fn dcdb_service<M: Mcast>(store: MemStore, mcast: M) -> GroupService<Dcdb<MemStore>, M> {
+    GroupService::new(Dcdb::new(store), DCDB_PROTOCOL_VERSION, mcast)
+}
+
+impl<A: Application, M: Mcast> GroupService<A, M> {
+    pub fn new(app: A, protocol_version: u32, mcast: M) -> Self {
+        GroupService {
+            app,
+            protocol_version,
             dfsm: None,
             mcast,
             waiters: HashMap::new(),
+            on_synced: None,
         }
+    }
+
+    pub fn on_synced(mut self, f: OnSynced) -> Self {
+        self.on_synced = Some(f);
+        self
     }
 
     /// Serve commands until [`Cmd::Stop`] or until every sender is gone.
@@ -154,7 +173,7 @@ impl<M: Mcast> DcdbService<M> {
                 let fresh = self.dfsm.as_ref().is_none_or(|d| d.me() != me);
                 if fresh {
                     self.abort_waiters();
-                    self.dfsm = Some(Dfsm::new(me.nodeid, me.pid, DCDB_PROTOCOL_VERSION));
+                    self.dfsm = Some(Dfsm::new(me.nodeid, me.pid, self.protocol_version));
                     Vec::new()
                 } else {
                     let dfsm = self.dfsm.as_mut().expect("checked");
@@ -226,6 +245,17 @@ impl<M: Mcast> DcdbService<M> {
                 Output::Mode(Mode::Leave) => {
                     self.abort_waiters();
                     self.mcast.rejoin();
+                }
+                Output::Mode(Mode::Synced) => {
+                    let sends = self.on_synced.as_mut().map(|f| f()).unwrap_or_default();
+                    for (subtype, payload) in sends {
+                        if let Some(d) = self.dfsm.as_mut() {
+                            let (_, msg) = d.normal_message(subtype, &payload, now_secs());
+                            if let Err(e) = self.mcast.mcast(&msg) {
+                                tracing::error!("cpg_send_message failed: {e}");
+                            }
+                        }
+                    }
                 }
                 Output::Mode(m) => tracing::debug!("dcdb mode {m:?}"),
             }
@@ -382,7 +412,7 @@ mod tests {
                 quorate: quorate.clone(),
                 corosync_conf: Box::new(|_, _| {}),
             };
-            let svc = DcdbService::new(
+            let svc = dcdb_service(
                 store,
                 BusMcast {
                     me: member(i),

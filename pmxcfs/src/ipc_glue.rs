@@ -4,7 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
+use std::sync::mpsc::Sender;
+
 use pmxcfs_api_types::Errno;
+use pmxcfs_dfsm::kvstore_app::{log_message, update_message};
+
+use crate::dcdb::Cmd;
 use pmxcfs_ipc::{ClusterLogMessage, StatusOps};
 use pmxcfs_logger::ClusterLog;
 use pmxcfs_memdb::MemDb;
@@ -15,11 +20,26 @@ pub struct StatusBridge {
     pub status: Arc<Status>,
     pub clog: Arc<Mutex<ClusterLog>>,
     pub nodename: String,
+    /// Cluster mode: the kvstore group's service, which sends this node's
+    /// status keys and cluster log entries to the others.
+    pub kvstore: Option<Mutex<Sender<Cmd>>>,
 }
 
 impl StatusBridge {
     fn clog(&self) -> std::sync::MutexGuard<'_, ClusterLog> {
         self.clog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send a kvstore message to the other nodes (no wait, as C).
+    fn broadcast(&self, msg: Option<(u16, Vec<u8>)>) {
+        if let (Some(kv), Some((subtype, payload))) = (&self.kvstore, msg) {
+            let tx = kv.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = tx.send(Cmd::Send {
+                subtype,
+                payload,
+                reply: None,
+            });
+        }
     }
 }
 
@@ -40,10 +60,12 @@ impl StatusOps for StatusBridge {
         if name.starts_with("rrd/") {
             // RRD file I/O (rrdcached or librrd) may take a while: let the
             // runtime move its other tasks off this worker meanwhile.
-            tokio::task::block_in_place(|| self.status.set_status(name, data))
+            tokio::task::block_in_place(|| self.status.set_status(name, data))?
         } else {
-            self.status.set_status(name, data)
+            self.status.set_status(name, data)?
         }
+        self.broadcast(update_message(name, data));
+        Ok(())
     }
 
     fn get_status(&self, name: &str, node: &str) -> Result<Vec<u8>, Errno> {
@@ -52,7 +74,7 @@ impl StatusOps for StatusBridge {
 
     fn log_cluster_msg(&self, m: &ClusterLogMessage) -> Result<(), Errno> {
         // priority >= 8: success, nothing stored (C behaviour)
-        let _ = self.clog().add(
+        let entry = self.clog().add(
             &self.nodename,
             m.ident,
             m.tag,
@@ -61,6 +83,9 @@ impl StatusOps for StatusBridge {
             pmxcfs_api_types::now_secs(),
             m.msg,
         );
+        if let Some(e) = entry {
+            self.broadcast(log_message(&e.encode()));
+        }
         Ok(())
     }
 
