@@ -226,7 +226,6 @@ impl Data {
         self.len as usize
     }
 
-
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -166,7 +166,10 @@ impl Status {
                 }
             }
         } else if data.len() <= MAX_STATUS_SIZE {
-            g.remote_kv.entry(node.to_string()).or_default().set(key, data);
+            g.remote_kv
+                .entry(node.to_string())
+                .or_default()
+                .set(key, data);
         }
     }
 
@@ -174,11 +177,10 @@ impl Status {
     /// to the others, status.c `cfs_kvstore_sync` and `dfsm_synced`).
     pub fn local_entries(&self) -> Vec<(String, Vec<u8>)> {
         let g = self.lock();
-        let mut out: Vec<(String, Vec<u8>)> = g
-            .kv
-            .iter()
-            .map(|(k, e)| (k.clone(), e.data.clone()))
-            .collect();
+        let mut out: Vec<(String, Vec<u8>)> =
+            g.kv.iter()
+                .map(|(k, e)| (k.clone(), e.data.clone()))
+                .collect();
         if let Some(ip) = g.node_ips.get(&self.nodename) {
             let mut v = ip.clone().into_bytes();
             v.push(0);
