@@ -40,15 +40,25 @@ def same_everywhere(nodes, rel, data):
     return ok
 
 
-def started(c, binaries=None):
+def started(c, binaries=None, args=()):
     """Start a daemon on every node (binaries: per node, default ours) and
     wait until all are quorate with everybody online."""
     for n, b in zip(c.nodes, binaries or [ours()] * len(c.nodes)):
-        n.start_pmxcfs(b, wait=False)
+        n.start_pmxcfs(b, args=args, wait=False)
     for n in c.nodes:
         n.wait_serving(20)
     c.wait_pmxcfs_ready()
     return c
+
+
+def print_index(n):
+    """Our inspection command on a node's database (read from the host)."""
+    import subprocess
+    r = subprocess.run([harness.Config.binary, "--print-index", "--db", n.db],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise TestFailure(f"{n.name}: pmxcfs --print-index failed: {r.stderr.strip()}")
+    return r.stdout
 
 
 def quorate_of(n):
@@ -138,6 +148,10 @@ def test_item13_concurrent_writers_on_all_nodes(t):
         check(not errors, f"writes failed: {errors[:3]}")
         c.wait_rows_identical(timeout=20)
         t.note(f"# 900 replicated writes from 3 nodes: {took:.2f}s ({900 / took:.0f}/s)")
+        # the inspection command: indexes and checksums equal on all nodes
+        outs = [print_index(n) for n in c.nodes]
+        check(all(o == outs[0] for o in outs), "pmxcfs --print-index differs between nodes")
+        check(outs[0].splitlines()[-1].startswith("checksum "), f"no checksum line: {outs[0][-200:]!r}")
 
 
 @timeout(120)
@@ -312,6 +326,27 @@ def _kv_and_log(t, binaries):
 def test_items8_10_kv_store_and_cluster_log_across_nodes(t):
     """items 8, 10: SET_STATUS on n1 is GET_STATUS(key, n1) on n2 and n3; a LOG_CLUSTER_MSG on n2 is in the cluster log of n1 and n3; every node's IP shows in .members."""
     _kv_and_log(t, None)
+
+
+@timeout(90)
+def test_verify_rounds_succeed_on_every_node(t):
+    """VERIFY (--verify-interval 1, ours only): the lowest node's rounds run and every node reports a successful verification (a mismatch makes a node leave: pmxcfs-dfsm machine_tests::verification_detects_divergence)."""
+    if harness.c_mode():
+        raise NotRunnableOnC("--verify-interval is an option only our daemon has")
+    with Cluster(3) as c:
+        started(c, args=["--verify-interval", "1"])
+        n1, n2, n3 = c.nodes
+        write_all(n1.path("a"), b"1")
+        c.wait_rows_identical()
+
+        def logged(n, text):
+            try:
+                with open(n.pmxcfs_log, errors="replace") as f:
+                    return text in f.read()
+            except OSError:
+                return False
+        wait_for(lambda: all(logged(n, "data verification successful") for n in c.nodes), 15,
+                 what="a successful verification on every node")
 
 
 def _c_binary():

@@ -93,9 +93,24 @@ impl Backend {
     /// Open (or create) the database and load the tree, writing nothing:
     /// a database that fails a check is left exactly as it was.
     pub fn open(path: &Path) -> Result<(Backend, Tree), MemDbError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Self::open_with(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    }
+
+    /// Load an existing database read-only (inspection; the daemon of that
+    /// node may be running).
+    pub fn open_readonly(path: &Path) -> Result<(Backend, Tree), MemDbError> {
+        Self::open_with(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags) -> Result<(Backend, Tree), MemDbError> {
         let conn = Connection::open_with_flags(path, flags).map_err(|source| MemDbError::Open {
             path: path.to_path_buf(),
             source,

@@ -70,6 +70,77 @@ pub struct DirEntry {
     pub attr: EntryAttr,
 }
 
+/// A database as `pmxcfs --print-index` shows it: the entries in index
+/// order, the encoded index (`memdb_encode_index`) and the VERIFY checksum
+/// (`memdb_compute_checksum`).
+pub struct Inspection {
+    pub entries: Vec<TreeEntry>,
+    pub index: Vec<u8>,
+    pub checksum: [u8; 32],
+}
+
+/// Read a database without changing it (its daemon may be running) and
+/// with every load check.
+pub fn inspect(path: &Path) -> Result<Inspection, MemDbError> {
+    if !path.exists() {
+        return Err(MemDbError::Inconsistent {
+            path: path.to_path_buf(),
+            reason: "no such database".into(),
+        });
+    }
+    // SQLite's reader may create the -wal and -shm files of a database in
+    // WAL mode: remove them again unless they were there (a running
+    // daemon's)
+    let side = |ext: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    let created: Vec<std::path::PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|e| side(e))
+        .filter(|p| !p.exists())
+        .collect();
+    let loaded = Backend::open_readonly(path);
+    let cleanup = || {
+        for p in &created {
+            // the -shm index always; a -wal only while it is empty
+            let is_shm = p.as_os_str().to_string_lossy().ends_with("-shm");
+            if std::fs::metadata(p).is_ok_and(|m| is_shm || m.len() == 0) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    };
+    let (backend, tree) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
+    };
+    drop(backend);
+    cleanup();
+    let entries = tree
+        .sorted()
+        .into_iter()
+        .map(|e| TreeEntry {
+            inode: e.inode,
+            parent: e.parent,
+            version: e.version,
+            writer: e.writer,
+            mtime: e.mtime,
+            kind: e.kind,
+            name: e.name.clone(),
+            data: e.data.to_vec(),
+        })
+        .collect();
+    Ok(Inspection {
+        entries,
+        index: index::encode_index(&tree),
+        checksum: index::compute_checksum(&tree),
+    })
+}
+
 /// statfs figures (`memdb_statfs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatFs {

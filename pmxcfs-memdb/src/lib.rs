@@ -32,7 +32,7 @@ mod sync_tests;
 #[cfg(test)]
 mod tests;
 
-pub use db::{ChangeObserver, DirEntry, EntryAttr, MemDb, StatFs};
+pub use db::{inspect, ChangeObserver, DirEntry, EntryAttr, Inspection, MemDb, StatFs};
 pub use error::MemDbError;
 pub use index::{IndexHeader, INDEX_ENTRY_SIZE, INDEX_HEADER_SIZE};
 pub use path::{path_contains_vm_config, split_path};

@@ -135,3 +135,32 @@ fn open_files_removed_by_a_resync_stay_readable() {
     // handle is gone, the number names that one
     assert_eq!(node.getattr_inode(i).map(|a| a.name), Some("x".to_string()));
 }
+
+#[test]
+fn inspect_reads_without_leaving_anything() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../integration-tests/fixtures/c-9.1.6-local");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("config.db");
+    std::fs::copy(fixture.join("config.db"), &db).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let ins = crate::inspect(&db).expect("inspect");
+    assert_eq!(ins.entries.len(), 87);
+    assert_eq!(crate::IndexHeader::parse(&ins.index).unwrap().version, 229);
+    let opened = db_in(&dir);
+    assert_eq!(opened.encode_index(), ins.index);
+    assert_eq!(opened.compute_checksum(), ins.checksum);
+    drop(opened);
+    // on a closed database: no side files stay, the file is unchanged
+    let dir2 = tempfile::tempdir().unwrap();
+    let db2 = dir2.path().join("config.db");
+    std::fs::write(&db2, &before).unwrap();
+    crate::inspect(&db2).expect("inspect");
+    let names: Vec<_> = std::fs::read_dir(dir2.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("config.db")]);
+    assert_eq!(std::fs::read(&db2).unwrap(), before);
+    assert!(crate::inspect(&dir2.path().join("missing.db")).is_err());
+}

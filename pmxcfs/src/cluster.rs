@@ -33,8 +33,6 @@ use pmxcfs_dfsm::kvstore_app::{
 use pmxcfs_logger::{ClogBuffer, ClogEntry, ClusterLog};
 
 use crate::dcdb::GroupService;
-/// VERIFY_REQUEST interval of the lowest node (dcdb: 3600 s).
-const VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// What is prepared before the mount.
 pub struct ClusterSetup {
@@ -45,6 +43,8 @@ pub struct ClusterSetup {
     kv_rx: Receiver<Cmd>,
     /// This node's address, sent as `nodeip` when the kvstore is synced.
     node_ip: String,
+    /// Between the VERIFY rounds of the lowest node (dcdb: 3600 s).
+    verify_interval: Duration,
     host_conf: HostConf,
     quorate: Arc<AtomicBool>,
     tx: Sender<Cmd>,
@@ -70,6 +70,7 @@ impl ClusterSetup {
         clog: Arc<Mutex<ClusterLog>>,
         host_conf_path: PathBuf,
         node_ip: String,
+        verify_interval: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         let (kv_tx, kv_rx) = mpsc::channel();
@@ -80,6 +81,7 @@ impl ClusterSetup {
             kv_tx,
             kv_rx,
             node_ip,
+            verify_interval,
             host_conf: HostConf {
                 path: host_conf_path,
                 ..HostConf::system()
@@ -121,6 +123,7 @@ impl ClusterSetup {
             kv_tx,
             kv_rx,
             node_ip,
+            verify_interval,
             host_conf,
             quorate,
             tx,
@@ -239,7 +242,7 @@ impl ClusterSetup {
                                 last_conf = conf;
                             }
                             since_verify += tick;
-                            if since_verify >= VERIFY_INTERVAL {
+                            if since_verify >= verify_interval {
                                 since_verify = Duration::ZERO;
                                 let _ = tx.send(Cmd::Verify);
                             }

@@ -291,6 +291,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
             clog.clone(),
             cli.corosync_conf.clone(),
             ip.to_string(),
+            Duration::from_secs(cli.verify_interval.max(1)),
         );
         setup.sync_corosync_conf();
         Some(setup)

@@ -71,8 +71,70 @@ pub struct Cli {
     /// libqb IPC service name
     #[arg(long, value_name = "NAME", default_value = paths::IPC_SERVICE)]
     pub ipc_name: String,
+    /// Seconds between the VERIFY rounds of the lowest node (cluster mode)
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub verify_interval: u64,
+    /// Print the database's index and its VERIFY checksum as the C daemon
+    /// computes them (read-only; the node's daemon may run), then exit
+    #[arg(long)]
+    pub print_index: bool,
     #[arg(hide = true)]
     pub extra: Vec<String>,
+}
+
+/// `--print-index`: one line per entry in index order (inode, parent,
+/// version, writer, mtime, type, size, index digest, name), then the
+/// checksum. Two nodes are in sync when their outputs are equal.
+fn print_index(db: &std::path::Path) -> ExitCode {
+    use std::fmt::Write;
+    let ins = match pmxcfs_memdb::inspect(db) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let hex = |b: &[u8]| {
+        b.iter().fold(String::new(), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+    };
+    let mut out = String::new();
+    let header = pmxcfs_memdb::IndexHeader::parse(&ins.index);
+    if let Some(h) = header {
+        let _ = writeln!(
+            out,
+            "version {} last_inode {} writer {} mtime {} entries {}",
+            h.version, h.last_inode, h.writer, h.mtime, h.size
+        );
+    }
+    for (i, e) in ins.entries.iter().enumerate() {
+        let o = pmxcfs_memdb::INDEX_HEADER_SIZE + i * pmxcfs_memdb::INDEX_ENTRY_SIZE + 8;
+        let digest = ins.index.get(o..o + 32).map(hex).unwrap_or_default();
+        let kind = match e.kind {
+            pmxcfs_api_types::FileKind::Dir => 'd',
+            pmxcfs_api_types::FileKind::File => 'f',
+        };
+        let name = if e.inode.0 == 0 {
+            "__version__"
+        } else {
+            &e.name
+        };
+        let _ = writeln!(
+            out,
+            "{:016x} {:016x} {} {} {} {kind} {} {digest} {name}",
+            e.inode.0,
+            e.parent.0,
+            e.version,
+            e.writer,
+            e.mtime,
+            e.data.len()
+        );
+    }
+    let _ = writeln!(out, "checksum {}", hex(&ins.checksum));
+    print!("{out}");
+    ExitCode::SUCCESS
 }
 
 /// glibc malloc settings, before any thread starts:
@@ -105,6 +167,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if cli.print_index {
+        return print_index(&cli.db);
+    }
     let log = logging::init(cli.debug);
     if !cli.extra.is_empty() {
         tracing::error!("too many arguments");
