@@ -349,6 +349,30 @@ def test_verify_rounds_succeed_on_every_node(t):
                  what="a successful verification on every node")
 
 
+@timeout(200)
+def test_item4_unlock_request_after_120s_across_nodes(t):
+    """item 4, cluster half: a lock taken on n2 and left alone: an unlock request (utime 0, 0) from n3 is refused (EACCES) while fresh; after 120 s the lowest node answers the request with UNLOCK and the lock is gone on every node.
+
+    Runs in the background: started before all other tests, finished after them."""
+    c = t.stack.enter_context(Cluster(3))
+    started(c)
+    n1, n2, n3 = c.nodes
+    os.makedirs(n2.path("priv/lock"), exist_ok=True)
+    os.mkdir(n2.path("priv/lock/expire"))
+    wait_for(lambda: os.path.isdir(n3.path("priv/lock/expire")), 10, what="the lock on n3")
+    t0 = time.monotonic()
+    expect_errno(errno.EACCES, os.utime, n3.path("priv/lock/expire"), (0, 0), what="unlock request of a fresh lock")
+    yield 123 - (time.monotonic() - t0)
+    try:
+        os.utime(n3.path("priv/lock/expire"), (0, 0))
+    except OSError:
+        pass  # the request is sent; the MTIME itself fails (lock older or gone)
+    for n in c.nodes:
+        wait_for(lambda n=n: not os.path.exists(n.path("priv/lock/expire")), 15,
+                 what=f"{n.name}: the expired lock removed by the lowest node")
+    c.wait_rows_identical()
+
+
 def _c_binary():
     b = os.environ.get("PMXCFS_C_BINARY") or harness.Config.c_binary
     if not b:
