@@ -52,6 +52,10 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A group member: node id and process id.
 pub type CpgMember = (NodeId, u32);
 
+/// Where the CPG thread hands its events (in the order corosync delivered
+/// them); called on the service thread, also from corosync callbacks.
+pub type EventSink = Arc<dyn Fn(CpgEvent) + Send + Sync>;
+
 /// What the CPG thread reports, in the order corosync delivered it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CpgEvent {
@@ -236,6 +240,17 @@ impl CpgService {
     pub fn start_with(
         config: CpgConfig,
     ) -> Result<(CpgService, mpsc::Receiver<CpgEvent>), CpgError> {
+        let (tx, rx) = mpsc::channel();
+        let sink: EventSink = Arc::new(move |e| {
+            let _ = tx.send(e);
+        });
+        Ok((Self::start_with_sink(config, sink)?, rx))
+    }
+
+    /// Like [`start_with`](Self::start_with), with every event handed to
+    /// `sink` on the service thread (no channel in between: the daemon
+    /// puts it straight into its group service's queue).
+    pub fn start_with_sink(config: CpgConfig, sink: EventSink) -> Result<CpgService, CpgError> {
         let group = wire_group_name(&config.group)?;
         let ctl = Arc::new(Control::new()?);
         let shared = Arc::new(Shared {
@@ -244,21 +259,17 @@ impl CpgService {
             leave: Mutex::new(None),
             mcast_policy: config.mcast_policy,
         });
-        let (tx, rx) = mpsc::channel();
         let client = CpgClient {
             group,
-            events: tx,
+            events: sink,
             shared: shared.clone(),
             conn: None,
         };
         let thread = ServiceThread::spawn("cpg", client, ctl, config.reconnect_interval)?;
-        Ok((
-            CpgService {
-                sender: CpgSender { shared },
-                thread,
-            },
-            rx,
-        ))
+        Ok(CpgService {
+            sender: CpgSender { shared },
+            thread,
+        })
     }
 
     /// A sender for this group.
@@ -286,7 +297,7 @@ impl CpgService {
 
 /// What a callback of one connection reaches.
 struct Target {
-    events: mpsc::Sender<CpgEvent>,
+    events: EventSink,
     local: (u32, u32),
     /// Set by a membership change that does not list us.
     not_member: AtomicBool,
@@ -318,7 +329,7 @@ fn deliver_cb(
 ) {
     if let Some(t) = target_of(handle) {
         t.callbacks.fetch_add(1, Ordering::Relaxed);
-        let _ = t.events.send(CpgEvent::Deliver {
+        (t.events)(CpgEvent::Deliver {
             nodeid: NodeId(u32::from(nodeid)),
             pid,
             msg: msg.to_vec(),
@@ -340,7 +351,7 @@ fn confchg_cb(
         if !members.contains(&me) {
             t.not_member.store(true, Ordering::Release);
         }
-        let _ = t.events.send(CpgEvent::Confchg {
+        (t.events)(CpgEvent::Confchg {
             members,
             left: self::members(&left_list),
             joined: self::members(&joined_list),
@@ -366,7 +377,7 @@ struct Conn {
 
 struct CpgClient {
     group: String,
-    events: mpsc::Sender<CpgEvent>,
+    events: EventSink,
     shared: Arc<Shared>,
     conn: Option<Conn>,
 }
@@ -435,7 +446,7 @@ impl Client for CpgClient {
             "cpg: joined group {:?} as {nodeid}/{pid}",
             self.group.trim_end_matches('\0')
         );
-        let _ = self.events.send(CpgEvent::Joined {
+        (self.events)(CpgEvent::Joined {
             nodeid: NodeId(nodeid),
             pid,
         });
@@ -515,7 +526,7 @@ impl Client for CpgClient {
             // finalize (the handle is not a clone), then the registry entry
             drop(conn);
             if lost {
-                let _ = self.events.send(CpgEvent::Disconnected);
+                (self.events)(CpgEvent::Disconnected);
             }
         }
     }

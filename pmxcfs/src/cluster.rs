@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use pmxcfs_dfsm::machine::Member;
 use pmxcfs_memdb::{MemDb, Submit};
 use pmxcfs_services::confdb::{ClusterConfig, ConfdbService};
-use pmxcfs_services::cpg::{CpgEvent, CpgSender, CpgService};
+use pmxcfs_services::cpg::{CpgConfig, CpgEvent, CpgSender, CpgService, EventSink};
 use pmxcfs_services::quorum::QuorumService;
 use pmxcfs_status::members::{ClusterInfo, MemberNode};
 use pmxcfs_status::Status;
@@ -132,17 +132,18 @@ impl ClusterSetup {
         let stop = Arc::new(AtomicBool::new(false));
         let quorum = QuorumService::start().context("quorum service")?;
         let confdb = ConfdbService::start().context("confdb service")?;
-        let (cpg, events) = CpgService::start(DCDB_GROUP).context("dcdb CPG service")?;
+        let cpg = CpgService::start_with_sink(CpgConfig::new(DCDB_GROUP), sink(tx.clone()))
+            .context("dcdb CPG service")?;
         let view = Arc::new(Mutex::new(View::default()));
         // C starts the kvstore after confdb has the node list: status keys
         // of nodes not in it are ignored, so wait for it (bounded)
-        for _ in 0..60 {
+        for _ in 0..600 {
             if let Some(conf) = confdb.current() {
                 view.lock().unwrap_or_else(|p| p.into_inner()).config = Some(conf);
                 publish(&view, &status);
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
 
         let store = MemStore {
@@ -161,17 +162,18 @@ impl ClusterSetup {
                 .spawn(move || service.run(rx))?,
         );
         // the kvstore group: status keys, cluster log, node online flags
-        let (kv_cpg, kv_events) =
-            CpgService::start(KVSTORE_GROUP).context("kvstore CPG service")?;
+        let kv_cpg =
+            CpgService::start_with_sink(CpgConfig::new(KVSTORE_GROUP), sink(kv_tx.clone()))
+                .context("kvstore CPG service")?;
         {
-            let sink = KvSink {
+            let kv_sink = KvSink {
                 status: status.clone(),
                 clog,
                 view: view.clone(),
             };
             let status = status.clone();
             let kv = GroupService::new(
-                KvStore { sink },
+                KvStore { sink: kv_sink },
                 KVSTORE_PROTOCOL_VERSION,
                 CpgMcast(kv_cpg.sender()),
             )
@@ -193,24 +195,9 @@ impl ClusterSetup {
                     .name("kvstore".into())
                     .spawn(move || kv.run(kv_rx))?,
             );
-            let tx = kv_tx.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("kvstore-cpg".into())
-                    .spawn(move || forward(kv_events, &tx))?,
-            );
-        }
-        // CPG events -> dcdb commands
-        {
-            let tx = tx.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("dcdb-cpg".into())
-                    .spawn(move || forward(events, &tx))?,
-            );
         }
         // quorum and the corosync configuration, polled (both services
-        // keep the latest value; a change is seen within 50 ms)
+        // keep the latest value; a change is seen within 10 ms)
         {
             let stop = stop.clone();
             let status = status.clone();
@@ -225,7 +212,7 @@ impl ClusterSetup {
                         let mut last_q = None;
                         let mut last_conf: Option<ClusterConfig> = None;
                         let mut since_verify = Duration::ZERO;
-                        let tick = Duration::from_millis(50);
+                        let tick = Duration::from_millis(10);
                         while !stop.load(Ordering::Acquire) {
                             let q = *quorum_rx.borrow();
                             if last_q != Some(q) {
@@ -291,9 +278,11 @@ impl Cluster {
     }
 }
 
-/// CPG events of a group -> commands of its service thread.
-fn forward(events: Receiver<CpgEvent>, tx: &Sender<Cmd>) {
-    for ev in events {
+/// CPG events of a group -> commands of its service thread, handed over
+/// on the CPG thread itself.
+fn sink(tx: Sender<Cmd>) -> EventSink {
+    let tx = Mutex::new(tx);
+    Arc::new(move |ev| {
         let cmd = match ev {
             CpgEvent::Joined { nodeid, pid } => Cmd::Joined(Member { nodeid, pid }),
             CpgEvent::Confchg {
@@ -308,10 +297,8 @@ fn forward(events: Receiver<CpgEvent>, tx: &Sender<Cmd>) {
             CpgEvent::Deliver { nodeid, pid, msg } => Cmd::Deliver(Member { nodeid, pid }, msg),
             CpgEvent::Disconnected => Cmd::Disconnected,
         };
-        if tx.send(cmd).is_err() {
-            break;
-        }
-    }
+        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(cmd);
+    })
 }
 
 /// The kvstore application's view of the status and the cluster log.
