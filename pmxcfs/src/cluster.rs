@@ -23,7 +23,7 @@ use pmxcfs_status::members::{ClusterInfo, MemberNode};
 use pmxcfs_status::Status;
 
 use crate::corosync_conf::{self, HostConf};
-use crate::dcdb::{dcdb_service, ClusterSubmitter, Cmd, Mcast, MemStore};
+use crate::dcdb::{dcdb_service, new_core, ClusterSubmitter, Cmd, Mcast, MemStore, SharedCore};
 
 /// The dcdb CPG group (joined with its trailing NUL by the service).
 const DCDB_GROUP: &str = "pve_dcdb_v1";
@@ -47,6 +47,9 @@ pub struct ClusterSetup {
     verify_interval: Duration,
     host_conf: HostConf,
     quorate: Arc<AtomicBool>,
+    /// The dcdb group's state machine and senders (the filesystem numbers
+    /// and multicasts its messages itself).
+    core: SharedCore,
     tx: Sender<Cmd>,
     rx: Receiver<Cmd>,
 }
@@ -87,6 +90,7 @@ impl ClusterSetup {
                 ..HostConf::system()
             },
             quorate: Arc::new(AtomicBool::new(false)),
+            core: new_core(),
             tx,
             rx,
         }
@@ -97,7 +101,7 @@ impl ClusterSetup {
         Arc::new(ClusterSubmitter {
             memdb: self.memdb.clone(),
             quorate: self.quorate.clone(),
-            tx: self.tx.clone(),
+            core: self.core.clone(),
         })
     }
 
@@ -126,6 +130,7 @@ impl ClusterSetup {
             verify_interval,
             host_conf,
             quorate,
+            core,
             tx,
             rx,
         } = self;
@@ -154,7 +159,8 @@ impl ClusterSetup {
                 corosync_conf::sync(conf.as_deref(), &host_conf, local);
             }),
         };
-        let service = dcdb_service(store, CpgMcast(cpg.sender()));
+        lock_core(&core).set_mcast(Box::new(CpgMcast(cpg.sender())));
+        let service = dcdb_service(store, core);
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
@@ -172,24 +178,23 @@ impl ClusterSetup {
                 view: view.clone(),
             };
             let status = status.clone();
-            let kv = GroupService::new(
-                KvStore { sink: kv_sink },
-                KVSTORE_PROTOCOL_VERSION,
-                CpgMcast(kv_cpg.sender()),
-            )
-            .on_synced(Box::new(move || {
-                // dfsm_synced: this node's IP (as set, else its own)
-                if !status.local_entries().iter().any(|(k, _)| k == "nodeip") {
-                    let mut ip = node_ip.clone().into_bytes();
-                    ip.push(0);
-                    let _ = status.set_status("nodeip", &ip);
-                }
-                status
-                    .local_entries()
-                    .iter()
-                    .filter_map(|(k, v)| update_message(k, v))
-                    .collect()
-            }));
+            let kv_core = new_core();
+            lock_core(&kv_core).set_mcast(Box::new(CpgMcast(kv_cpg.sender())));
+            let kv =
+                GroupService::new(KvStore { sink: kv_sink }, KVSTORE_PROTOCOL_VERSION, kv_core)
+                    .on_synced(Box::new(move || {
+                        // dfsm_synced: this node's IP (as set, else its own)
+                        if !status.local_entries().iter().any(|(k, _)| k == "nodeip") {
+                            let mut ip = node_ip.clone().into_bytes();
+                            ip.push(0);
+                            let _ = status.set_status("nodeip", &ip);
+                        }
+                        status
+                            .local_entries()
+                            .iter()
+                            .filter_map(|(k, v)| update_message(k, v))
+                            .collect()
+                    }));
             threads.push(
                 std::thread::Builder::new()
                     .name("kvstore".into())
@@ -359,6 +364,10 @@ impl KvStoreSink for KvSink {
             members.iter().map(|m| m.nodeid.0).collect();
         publish(&self.view, &self.status);
     }
+}
+
+fn lock_core(core: &SharedCore) -> std::sync::MutexGuard<'_, crate::dcdb::Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct CpgMcast(CpgSender);

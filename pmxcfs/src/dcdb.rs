@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pmxcfs_api_types::{
     now_secs, path_is_lockdir, Errno, FileKind, Inode, NodeId, Operation, TreeEntry,
@@ -115,30 +115,95 @@ pub enum Cmd {
 /// local status key and `nodeip`).
 pub type OnSynced = Box<dyn FnMut() -> Vec<(u16, Vec<u8>)> + Send>;
 
-/// The thread that owns a group's state machine and application (dcdb,
-/// kvstore).
-pub struct GroupService<A: Application, M: Mcast> {
+/// What a group's service thread and the senders share: the state machine
+/// (its message counter), the multicast handle and the senders waiting
+/// for their own message. One lock, held while a message is numbered and
+/// multicast (so counters go out in order, as C's sync_mutex) and while
+/// the service thread handles an event.
+pub struct Core {
+    dfsm: Option<Dfsm>,
+    mcast: Option<Box<dyn Mcast>>,
+    waiters: HashMap<u64, SyncSender<Option<i32>>>,
+}
+
+pub type SharedCore = Arc<Mutex<Core>>;
+
+pub fn new_core() -> SharedCore {
+    Arc::new(Mutex::new(Core {
+        dfsm: None,
+        mcast: None,
+        waiters: HashMap::new(),
+    }))
+}
+
+fn lock(core: &SharedCore) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    pub fn set_mcast(&mut self, m: Box<dyn Mcast>) {
+        self.mcast = Some(m);
+    }
+
+    fn abort_waiters(&mut self) {
+        for (_, w) in self.waiters.drain() {
+            let _ = w.send(None);
+        }
+    }
+
+    fn mcast(&mut self, msg: &[u8]) -> Result<(), String> {
+        match self.mcast.as_mut() {
+            Some(m) => m.mcast(msg),
+            None => Err("not connected".into()),
+        }
+    }
+
+    /// Number and multicast a NORMAL message; with `reply`, the sender
+    /// waits there for its delivery (None: never processed).
+    fn send(&mut self, subtype: u16, payload: &[u8], reply: Option<SyncSender<Option<i32>>>) {
+        let Some(d) = self.dfsm.as_mut() else {
+            if let Some(r) = reply {
+                let _ = r.send(None);
+            }
+            return;
+        };
+        let (count, msg) = d.normal_message(subtype, payload, now_secs());
+        match self.mcast(&msg) {
+            Ok(()) => {
+                if let Some(r) = reply {
+                    self.waiters.insert(count, r);
+                }
+            }
+            Err(e) => {
+                tracing::error!("cpg_send_message failed: {e}");
+                if let Some(r) = reply {
+                    let _ = r.send(None);
+                }
+            }
+        }
+    }
+}
+
+/// The thread that owns a group's application (dcdb, kvstore) and drives
+/// its state machine.
+pub struct GroupService<A: Application> {
     app: A,
     protocol_version: u32,
-    dfsm: Option<Dfsm>,
-    mcast: M,
-    waiters: HashMap<u64, SyncSender<Option<i32>>>,
+    core: SharedCore,
     on_synced: Option<OnSynced>,
 }
 
 /// The dcdb group's service.
-pub fn dcdb_service<M: Mcast>(store: MemStore, mcast: M) -> GroupService<Dcdb<MemStore>, M> {
-    GroupService::new(Dcdb::new(store), DCDB_PROTOCOL_VERSION, mcast)
+pub fn dcdb_service(store: MemStore, core: SharedCore) -> GroupService<Dcdb<MemStore>> {
+    GroupService::new(Dcdb::new(store), DCDB_PROTOCOL_VERSION, core)
 }
 
-impl<A: Application, M: Mcast> GroupService<A, M> {
-    pub fn new(app: A, protocol_version: u32, mcast: M) -> Self {
+impl<A: Application> GroupService<A> {
+    pub fn new(app: A, protocol_version: u32, core: SharedCore) -> Self {
         GroupService {
             app,
             protocol_version,
-            dfsm: None,
-            mcast,
-            waiters: HashMap::new(),
+            core,
             on_synced: None,
         }
     }
@@ -155,40 +220,38 @@ impl<A: Application, M: Mcast> GroupService<A, M> {
                 break;
             }
         }
-        self.abort_waiters();
-    }
-
-    fn abort_waiters(&mut self) {
-        for (_, w) in self.waiters.drain() {
-            let _ = w.send(None);
-        }
+        let mut core = lock(&self.core);
+        core.dfsm = None; // later senders are refused at once
+        core.abort_waiters();
     }
 
     /// One command; false to stop.
     pub fn handle(&mut self, cmd: Cmd) -> bool {
         let now = now_secs();
+        let core_arc = self.core.clone();
+        let mut core = lock(&core_arc);
         let out = match cmd {
             Cmd::Stop => return false,
             Cmd::Joined(me) => {
-                let fresh = self.dfsm.as_ref().is_none_or(|d| d.me() != me);
+                let fresh = core.dfsm.as_ref().is_none_or(|d| d.me() != me);
                 if fresh {
-                    self.abort_waiters();
-                    self.dfsm = Some(Dfsm::new(me.nodeid, me.pid, self.protocol_version));
+                    core.abort_waiters();
+                    core.dfsm = Some(Dfsm::new(me.nodeid, me.pid, self.protocol_version));
                     Vec::new()
                 } else {
-                    let dfsm = self.dfsm.as_mut().expect("checked");
+                    let dfsm = core.dfsm.as_mut().expect("checked");
                     dfsm.restart(&mut self.app).unwrap_or_default()
                 }
             }
-            Cmd::Confchg(members, joined) => match self.dfsm.as_mut() {
+            Cmd::Confchg(members, joined) => match core.dfsm.as_mut() {
                 Some(d) => d.confchg(&members, joined, now, &mut self.app),
                 None => Vec::new(),
             },
-            Cmd::Deliver(from, msg) => match self.dfsm.as_mut() {
+            Cmd::Deliver(from, msg) => match core.dfsm.as_mut() {
                 Some(d) => d.deliver(from, &msg, now, &mut self.app),
                 None => Vec::new(),
             },
-            Cmd::Disconnected => match self.dfsm.as_mut() {
+            Cmd::Disconnected => match core.dfsm.as_mut() {
                 Some(d) => d.finalize(),
                 None => Vec::new(),
             },
@@ -197,67 +260,45 @@ impl<A: Application, M: Mcast> GroupService<A, M> {
                 payload,
                 reply,
             } => {
-                let Some(d) = self.dfsm.as_mut() else {
-                    if let Some(r) = reply {
-                        let _ = r.send(None);
-                    }
-                    return true;
-                };
-                let (count, msg) = d.normal_message(subtype, &payload, now);
-                match self.mcast.mcast(&msg) {
-                    Ok(()) => {
-                        if let Some(r) = reply {
-                            self.waiters.insert(count, r);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("cpg_send_message failed: {e}");
-                        if let Some(r) = reply {
-                            let _ = r.send(None);
-                        }
-                    }
-                }
+                core.send(subtype, &payload, reply);
                 Vec::new()
             }
-            Cmd::Verify => match self.dfsm.as_mut().and_then(|d| d.verify_request(now)) {
+            Cmd::Verify => match core.dfsm.as_mut().and_then(|d| d.verify_request(now)) {
                 Some(msg) => vec![Output::Send(msg)],
                 None => Vec::new(),
             },
         };
-        self.outputs(out);
+        self.outputs(&mut core, out);
         true
     }
 
-    fn outputs(&mut self, out: Vec<Output>) {
+    fn outputs(&mut self, core: &mut Core, out: Vec<Output>) {
         for o in out {
             match o {
                 Output::Send(msg) => {
-                    if let Err(e) = self.mcast.mcast(&msg) {
+                    if let Err(e) = core.mcast(&msg) {
                         tracing::error!("cpg_send_message failed: {e}");
                     }
                 }
                 Output::LocalResult { count, result } => {
-                    if let Some(w) = self.waiters.remove(&count) {
+                    if let Some(w) = core.waiters.remove(&count) {
                         let _ = w.send(result);
                     }
                 }
-                Output::AbortWaiters => self.abort_waiters(),
+                Output::AbortWaiters => core.abort_waiters(),
                 Output::Mode(Mode::Leave) => {
-                    self.abort_waiters();
-                    self.mcast.rejoin();
+                    core.abort_waiters();
+                    if let Some(m) = core.mcast.as_mut() {
+                        m.rejoin();
+                    }
                 }
                 Output::Mode(Mode::Synced) => {
                     let sends = self.on_synced.as_mut().map(|f| f()).unwrap_or_default();
                     for (subtype, payload) in sends {
-                        if let Some(d) = self.dfsm.as_mut() {
-                            let (_, msg) = d.normal_message(subtype, &payload, now_secs());
-                            if let Err(e) = self.mcast.mcast(&msg) {
-                                tracing::error!("cpg_send_message failed: {e}");
-                            }
-                        }
+                        core.send(subtype, &payload, None);
                     }
                 }
-                Output::Mode(m) => tracing::debug!("dcdb mode {m:?}"),
+                Output::Mode(m) => tracing::debug!("dfsm mode {m:?}"),
             }
         }
     }
@@ -268,7 +309,7 @@ impl<A: Application, M: Mcast> GroupService<A, M> {
 pub struct ClusterSubmitter {
     pub memdb: Arc<MemDb>,
     pub quorate: Arc<AtomicBool>,
-    pub tx: Sender<Cmd>,
+    pub core: SharedCore,
 }
 
 impl ClusterSubmitter {
@@ -280,13 +321,9 @@ impl ClusterSubmitter {
         } else {
             (None, None)
         };
-        self.tx
-            .send(Cmd::Send {
-                subtype,
-                payload,
-                reply,
-            })
-            .map_err(|_| Errno::EACCES)?;
+        // numbered and multicast on this thread (no hand-over): the wait
+        // below is for the delivery only
+        lock(&self.core).send(subtype, &payload, reply);
         match rx {
             // not processed (connection lost, left the group): C's EACCES
             Some(rx) => match rx.recv() {
@@ -359,7 +396,7 @@ mod tests {
     //! databases.
 
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::mpsc::Sender;
     use std::time::{Duration, Instant};
 
     type Bus = Arc<Mutex<Vec<Sender<Cmd>>>>;
@@ -412,13 +449,12 @@ mod tests {
                 quorate: quorate.clone(),
                 corosync_conf: Box::new(|_, _| {}),
             };
-            let svc = dcdb_service(
-                store,
-                BusMcast {
-                    me: member(i),
-                    tx: btx.clone(),
-                },
-            );
+            let core = new_core();
+            lock(&core).set_mcast(Box::new(BusMcast {
+                me: member(i),
+                tx: btx.clone(),
+            }));
+            let svc = dcdb_service(store, core.clone());
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || svc.run(rx));
             tx.send(Cmd::Joined(member(i))).unwrap();
@@ -426,7 +462,11 @@ mod tests {
             nodes.push(Node {
                 memdb: memdb.clone(),
                 quorate: quorate.clone(),
-                submit: ClusterSubmitter { memdb, quorate, tx },
+                submit: ClusterSubmitter {
+                    memdb,
+                    quorate,
+                    core,
+                },
                 _dir: dir,
             });
         }
