@@ -232,7 +232,7 @@ impl Data {
 
     /// Bytes held in memory for this content (the compressed size when
     /// packed).
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub fn stored_len(&self) -> usize {
         self.bytes.len()
     }

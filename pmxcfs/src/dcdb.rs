@@ -475,6 +475,19 @@ mod tests {
             tx.send(Cmd::Confchg(members.clone(), members.len()))
                 .unwrap();
         }
+        // senders multicast on their own thread: wait until every node's
+        // state machine has joined and synced
+        let t = Instant::now();
+        for node in &nodes {
+            while !lock(&node.submit.core)
+                .dfsm
+                .as_ref()
+                .is_some_and(|d| d.mode() == Mode::Synced)
+            {
+                assert!(t.elapsed() < Duration::from_secs(10), "group not synced");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         (nodes, bus)
     }
 
