@@ -479,10 +479,10 @@ mod tests {
         // state machine has joined and synced
         let t = Instant::now();
         for node in &nodes {
-            while !lock(&node.submit.core)
+            while lock(&node.submit.core)
                 .dfsm
                 .as_ref()
-                .is_some_and(|d| d.mode() == Mode::Synced)
+                .is_none_or(|d| d.mode() != Mode::Synced)
             {
                 assert!(t.elapsed() < Duration::from_secs(10), "group not synced");
                 std::thread::sleep(Duration::from_millis(1));
