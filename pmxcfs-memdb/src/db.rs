@@ -263,6 +263,16 @@ impl MemDb {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The writer lock of a database that has not failed (EIO once a
+    /// write failed, as every mutation then).
+    fn lock_writable(&self) -> Result<MutexGuard<'_, Writer>, Errno> {
+        let w = self.lock_writer();
+        if w.errors {
+            return Err(Errno::EIO);
+        }
+        Ok(w)
+    }
+
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -280,10 +290,7 @@ impl MemDb {
     /// Apply one mutation, as the node `writer` did it at `mtime`. Returns
     /// the byte count for writes and 0 for everything else.
     pub fn apply(&self, op: &Operation, writer: u32, mtime: u32) -> Result<usize, Errno> {
-        let mut w = self.lock_writer();
-        if w.errors {
-            return Err(Errno::EIO);
-        }
+        let mut w = self.lock_writable()?;
         self.apply_settled(&mut w, op, writer, mtime)
     }
 
@@ -314,10 +321,7 @@ impl MemDb {
     /// read, lookup or change of this file is answered. EIO when the
     /// database has failed (as the truncation itself would).
     pub fn defer_truncate(&self, inode: Inode, writer: u32) -> Result<(), Errno> {
-        let mut w = self.lock_writer();
-        if w.errors {
-            return Err(Errno::EIO);
-        }
+        let mut w = self.lock_writable()?;
         match self.read_state().tree.get(inode) {
             None => return Err(Errno::ENOENT),
             Some(e) if e.is_dir() => return Err(Errno::EISDIR),
@@ -339,10 +343,7 @@ impl MemDb {
         writer: u32,
         mtime: u32,
     ) -> Result<usize, Errno> {
-        let mut w = self.lock_writer();
-        if w.errors {
-            return Err(Errno::EIO);
-        }
+        let mut w = self.lock_writable()?;
         self.write_after_trunc_locked(&mut w, op, writer, mtime)
     }
 
@@ -1110,10 +1111,7 @@ impl MemDb {
     /// their handles). Any failure rolls back and puts the database in its
     /// failed state, as in C.
     pub fn commit_sync(&self, master_index: &[u8], updates: &[TreeEntry]) -> Result<(), Errno> {
-        let mut w = self.lock_writer();
-        if w.errors {
-            return Err(Errno::EIO);
-        }
+        let mut w = self.lock_writable()?;
         let Some(master) = index::index_inodes(master_index) else {
             tracing::error!("resync: the leader's index is malformed");
             return Err(Errno::EINVAL);
