@@ -137,8 +137,7 @@ impl ClusterSetup {
         let stop = Arc::new(AtomicBool::new(false));
         let quorum = QuorumService::start().context("quorum service")?;
         let confdb = ConfdbService::start().context("confdb service")?;
-        let cpg = CpgService::start_with_sink(CpgConfig::new(DCDB_GROUP), sink(tx.clone()))
-            .context("dcdb CPG service")?;
+
         let view = Arc::new(Mutex::new(View::default()));
         // C starts the kvstore after confdb has the node list: status keys
         // of nodes not in it are ignored, so wait for it (bounded)
@@ -159,13 +158,27 @@ impl ClusterSetup {
                 corosync_conf::sync(conf.as_deref(), &host_conf, local);
             }),
         };
+        // deliveries are applied on the CPG thread itself (no hand-over);
+        // the "dcdb" thread serves the other commands
+        let service = Arc::new(Mutex::new(dcdb_service(store, core.clone())));
+        let direct: EventSink = {
+            let service = service.clone();
+            Arc::new(move |ev| {
+                let cmd = event_cmd(ev);
+                service
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .handle(cmd);
+            })
+        };
+        let cpg = CpgService::start_with_sink(CpgConfig::new(DCDB_GROUP), direct)
+            .context("dcdb CPG service")?;
         lock_core(&core).set_mcast(Box::new(CpgMcast(cpg.sender())));
-        let service = dcdb_service(store, core);
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
                 .name("dcdb".into())
-                .spawn(move || service.run(rx))?,
+                .spawn(move || GroupService::run_shared(service, rx))?,
         );
         // the kvstore group: status keys, cluster log, node online flags
         let kv_cpg =
@@ -288,7 +301,17 @@ impl Cluster {
 fn sink(tx: Sender<Cmd>) -> EventSink {
     let tx = Mutex::new(tx);
     Arc::new(move |ev| {
-        let cmd = match ev {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(event_cmd(ev));
+    })
+}
+
+/// The service command of a CPG event.
+fn event_cmd(ev: CpgEvent) -> Cmd {
+    {
+        match ev {
             CpgEvent::Joined { nodeid, pid } => Cmd::Joined(Member { nodeid, pid }),
             CpgEvent::Confchg {
                 members, joined, ..
@@ -301,9 +324,8 @@ fn sink(tx: Sender<Cmd>) -> EventSink {
             ),
             CpgEvent::Deliver { nodeid, pid, msg } => Cmd::Deliver(Member { nodeid, pid }, msg),
             CpgEvent::Disconnected => Cmd::Disconnected,
-        };
-        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(cmd);
-    })
+        }
+    }
 }
 
 /// The kvstore application's view of the status and the cluster log.

@@ -220,8 +220,24 @@ impl<A: Application> GroupService<A> {
                 break;
             }
         }
+        self.stopped();
+    }
+
+    /// Like [`run`](Self::run) for a service that the CPG thread also
+    /// drives directly (deliveries applied in the CPG dispatch, as C does).
+    pub fn run_shared(service: Arc<Mutex<Self>>, rx: Receiver<Cmd>) {
+        let lock_svc = || service.lock().unwrap_or_else(|p| p.into_inner());
+        while let Ok(cmd) = rx.recv() {
+            if !lock_svc().handle(cmd) {
+                break;
+            }
+        }
+        lock_svc().stopped();
+    }
+
+    fn stopped(&mut self) {
         let mut core = lock(&self.core);
-        core.dfsm = None; // later senders are refused at once
+        core.dfsm = None; // later senders and events are refused at once
         core.abort_waiters();
     }
 
