@@ -316,7 +316,7 @@ impl MemDb {
     /// open(O_TRUNC) of the file `inode`: the truncation is answered now and
     /// written later, with the first write of the same handle where that
     /// write starts at offset 0 (one transaction: see
-    /// [`MemDb::write_after_deferred_truncate`]), else at the handle's close
+    /// [`MemDb::write_inode`] with `after_open_trunc`), else at the handle's close
     /// ([`MemDb::settle_deferred_truncate`]), and in any case before any
     /// read, lookup or change of this file is answered. EIO when the
     /// database has failed (as the truncation itself would).
@@ -328,25 +328,22 @@ impl MemDb {
             Some(_) => {}
         }
         w.deferred_trunc.insert(inode, writer);
-        self.deferred
-            .store(w.deferred_trunc.len(), Ordering::Release);
+        self.count_deferred(&w);
         Ok(())
     }
 
-    /// The first write of a handle opened with O_TRUNC: if its truncation
-    /// is still deferred, the write carries it (one transaction when the
-    /// write starts at offset 0); if something else applied it meanwhile,
-    /// a plain write, so a write another process made since is kept.
-    pub fn write_after_deferred_truncate(
-        &self,
-        op: &Operation,
-        writer: u32,
-        mtime: u32,
-    ) -> Result<usize, Errno> {
-        let mut w = self.lock_writable()?;
-        self.write_after_trunc_locked(&mut w, op, writer, mtime)
+    /// Keep the readers' count of deferred truncations in step with the
+    /// writer's table (readers skip the writer lock when it is 0).
+    fn count_deferred(&self, w: &Writer) {
+        self.deferred
+            .store(w.deferred_trunc.len(), Ordering::Release);
     }
 
+    /// The first write of a handle opened with O_TRUNC (under the writer
+    /// lock): if its truncation is still deferred, the write carries it
+    /// (one transaction when the write starts at offset 0); if something
+    /// else applied it meanwhile, a plain write, so a write another process
+    /// made since is kept.
     fn write_after_trunc_locked(
         &self,
         w: &mut Writer,
@@ -365,8 +362,7 @@ impl MemDb {
         };
         let inode = self.read_state().tree.lookup(normalize(path)).1;
         let pending = inode.and_then(|i| w.deferred_trunc.remove(&i).map(|tw| (i, tw)));
-        self.deferred
-            .store(w.deferred_trunc.len(), Ordering::Release);
+        self.count_deferred(w);
         let Some((inode, twriter)) = pending else {
             return self.apply_locked(w, op, writer, mtime);
         };
@@ -393,8 +389,7 @@ impl MemDb {
         if res.is_err() && self.read_state().tree.get(inode).is_some() {
             // not written: still owed, and the close reports it
             w.deferred_trunc.entry(inode).or_insert(twriter);
-            self.deferred
-                .store(w.deferred_trunc.len(), Ordering::Release);
+            self.count_deferred(w);
         }
         res
     }
@@ -438,7 +433,7 @@ impl MemDb {
     /// writer lock, so a concurrent rename cannot redirect it), or, once
     /// detached, to the detached content (in memory only: nobody else can
     /// see it). `after_open_trunc`: the handle's first write after
-    /// open(O_TRUNC) ([`MemDb::write_after_deferred_truncate`]). An empty
+    /// open(O_TRUNC) (see [`MemDb::defer_truncate`]). An empty
     /// write with `truncate` is a truncation (ftruncate).
     #[allow(clippy::too_many_arguments)]
     pub fn write_inode(
@@ -515,8 +510,7 @@ impl MemDb {
         };
         if res.is_ok() {
             w.deferred_trunc.remove(&inode);
-            self.deferred
-                .store(w.deferred_trunc.len(), Ordering::Release);
+            self.count_deferred(w);
         }
         res
     }

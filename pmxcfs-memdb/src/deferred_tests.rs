@@ -30,7 +30,7 @@ fn first_write_at_zero_carries_the_truncation_in_one_transaction() {
     let v = db.version();
     db.defer_truncate(inode, 0).expect("defer");
     assert_eq!(db.version(), v, "nothing written at open");
-    db.write_after_deferred_truncate(&w("f", 0, b"new"), 0, 3)
+    db.write_inode(inode, 0, b"new", false, true, 0, 3)
         .expect("write");
     assert_eq!(db.version(), v + 1, "truncate + write: one transaction");
     assert_eq!(db.read("f").as_deref(), Some(&b"new"[..]));
@@ -42,7 +42,7 @@ fn first_write_at_zero_carries_the_truncation_in_one_transaction() {
 fn first_write_elsewhere_truncates_first() {
     let (_dir, db, inode) = setup();
     db.defer_truncate(inode, 0).expect("defer");
-    db.write_after_deferred_truncate(&w("f", 4, b"xy"), 0, 3)
+    db.write_inode(inode, 4, b"xy", false, true, 0, 3)
         .expect("write");
     assert_eq!(db.read("f").as_deref(), Some(&b"\0\0\0\0xy"[..]));
 }
@@ -108,7 +108,7 @@ fn another_writer_is_not_wiped_by_a_later_close_or_write() {
     // or writes: a plain write
     db.defer_truncate(inode, 0).expect("defer");
     db.apply(&w("f", 0, b"OTHER!"), 0, 4).expect("other write");
-    db.write_after_deferred_truncate(&w("f", 0, b"me"), 0, 5)
+    db.write_inode(inode, 0, b"me", false, true, 0, 5)
         .expect("write");
     assert_eq!(db.read("f").as_deref(), Some(&b"meHER!"[..]));
 }
