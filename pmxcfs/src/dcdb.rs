@@ -99,12 +99,11 @@ pub enum Cmd {
     Deliver(Member, Vec<u8>),
     /// The connection to corosync is gone.
     Disconnected,
-    /// Send a NORMAL message; with a reply channel, wait for its delivery
-    /// (None: not processed).
+    /// Send a NORMAL message without waiting for it (kvstore broadcasts;
+    /// the filesystem's senders use the Core themselves and wait).
     Send {
         subtype: u16,
         payload: Vec<u8>,
-        reply: Option<SyncSender<Option<i32>>>,
     },
     /// The periodic VERIFY_REQUEST.
     Verify,
@@ -271,12 +270,8 @@ impl<A: Application> GroupService<A> {
                 Some(d) => d.finalize(),
                 None => Vec::new(),
             },
-            Cmd::Send {
-                subtype,
-                payload,
-                reply,
-            } => {
-                core.send(subtype, &payload, reply);
+            Cmd::Send { subtype, payload } => {
+                core.send(subtype, &payload, None);
                 Vec::new()
             }
             Cmd::Verify => match core.dfsm.as_mut().and_then(|d| d.verify_request(now)) {

@@ -34,11 +34,7 @@ impl StatusBridge {
     fn broadcast(&self, msg: Option<(u16, Vec<u8>)>) {
         if let (Some(kv), Some((subtype, payload))) = (&self.kvstore, msg) {
             let tx = kv.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = tx.send(Cmd::Send {
-                subtype,
-                payload,
-                reply: None,
-            });
+            let _ = tx.send(Cmd::Send { subtype, payload });
         }
     }
 }
