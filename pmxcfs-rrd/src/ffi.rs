@@ -11,38 +11,100 @@
 use std::ffi::{c_char, c_int, c_ulong, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-mod sys {
-    use std::ffi::{c_char, c_int, c_ulong};
+/// The librrd functions we call, resolved at first use with dlopen(3):
+/// librrd pulls in some 50 libraries (cairo, pango, X11, ICU, ...) that
+/// cost every start of the daemon ~6 ms and its RSS ~7 MB, while most
+/// daemons never write an RRD file themselves (rrdcached does, and the
+/// files are created once).
+struct Sys {
+    /// `int rrd_create_r(const char *filename, unsigned long pdp_step,
+    /// time_t last_up, int argc, const char **argv);`
+    create_r: unsafe extern "C" fn(
+        *const c_char,
+        c_ulong,
+        libc::time_t,
+        c_int,
+        *const *const c_char,
+    ) -> c_int,
+    /// `int rrd_update_r(const char *filename, const char *_template,
+    /// int argc, const char **argv);`
+    update_r:
+        unsafe extern "C" fn(*const c_char, *const c_char, c_int, *const *const c_char) -> c_int,
+    /// `void rrd_clear_error(void);`
+    clear_error: unsafe extern "C" fn(),
+    /// `char *rrd_get_error(void);` (the calling thread's error text)
+    get_error: unsafe extern "C" fn() -> *mut c_char,
+}
 
-    // Linked by build.rs (`cargo:rustc-link-lib=dylib=rrd`).
-    extern "C" {
-        /// `int rrd_create_r(const char *filename, unsigned long pdp_step,
-        /// time_t last_up, int argc, const char **argv);`
-        pub fn rrd_create_r(
-            filename: *const c_char,
-            pdp_step: c_ulong,
-            last_up: libc::time_t,
-            argc: c_int,
-            argv: *const *const c_char,
-        ) -> c_int;
+/// Sonames tried in order (Debian 12: librrd8 ships librrd.so.8).
+const SONAMES: &[&CStr] = &[c"librrd.so.8", c"librrd.so"];
 
-        /// `int rrd_update_r(const char *filename, const char *_template,
-        /// int argc, const char **argv);`
-        pub fn rrd_update_r(
-            filename: *const c_char,
-            template: *const c_char,
-            argc: c_int,
-            argv: *const *const c_char,
-        ) -> c_int;
-
-        /// `void rrd_clear_error(void);`
-        pub fn rrd_clear_error();
-
-        /// `char *rrd_get_error(void);` (the calling thread's error text)
-        pub fn rrd_get_error() -> *mut c_char;
+fn dl_error() -> String {
+    // SAFETY: dlerror takes no arguments; it returns NULL or a
+    // NUL-terminated string valid until the next dl* call on this thread,
+    // copied out at once.
+    let p = unsafe { libc::dlerror() };
+    if p.is_null() {
+        "unknown dlopen error".into()
+    } else {
+        // SAFETY: non-NULL: a NUL-terminated string (see above).
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
+}
+
+fn load(sonames: &[&CStr]) -> Result<Sys, String> {
+    let mut errors = Vec::new();
+    let mut handle = std::ptr::null_mut();
+    for name in sonames {
+        // SAFETY: `name` is a NUL-terminated string; dlopen runs the
+        // library's constructors, which librrd and its dependencies have
+        // no preconditions for. The handle is never closed (the functions
+        // stay valid for the life of the process).
+        handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if !handle.is_null() {
+            break;
+        }
+        errors.push(dl_error());
+    }
+    if handle.is_null() {
+        return Err(format!(
+            "librrd could not be loaded (install librrd8): {}",
+            errors.join("; ")
+        ));
+    }
+    let sym = |name: &CStr| -> Result<*mut libc::c_void, String> {
+        // SAFETY: `handle` is a live dlopen handle, `name` NUL-terminated.
+        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        if p.is_null() {
+            Err(format!(
+                "librrd lacks {}: {}",
+                name.to_string_lossy(),
+                dl_error()
+            ))
+        } else {
+            Ok(p)
+        }
+    };
+    // SAFETY (all four transmutes): each pointer is the address of the
+    // librrd function of that name, whose C prototype (rrd.h of rrdtool
+    // 1.4 to 1.8) is exactly the field's type.
+    unsafe {
+        Ok(Sys {
+            create_r: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_create_r")?),
+            update_r: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_update_r")?),
+            clear_error: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_clear_error")?),
+            get_error: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_get_error")?),
+        })
+    }
+}
+
+fn sys() -> Result<&'static Sys, String> {
+    static SYS: OnceLock<Result<Sys, String>> = OnceLock::new();
+    SYS.get_or_init(|| load(SONAMES))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Serializes all librrd calls of this process.
@@ -63,11 +125,11 @@ fn c_path(path: &Path) -> Result<CString, String> {
 
 /// The calling thread's librrd error text. Call with the lock held, right
 /// after the failed call.
-fn last_error() -> String {
+fn last_error(sys: &Sys) -> String {
     // SAFETY: rrd_get_error takes no arguments and returns the calling
     // thread's error buffer (or NULL if librrd could not allocate its
     // context); it does not transfer ownership.
-    let ptr = unsafe { sys::rrd_get_error() };
+    let ptr = unsafe { (sys.get_error)() };
     if ptr.is_null() {
         return "unknown librrd error".into();
     }
@@ -97,18 +159,19 @@ pub(crate) fn create(path: &Path, step: u64, start: i64, args: &[String]) -> Res
     let step = c_ulong::try_from(step).map_err(|_| "step out of range".to_string())?;
     let start = libc::time_t::try_from(start).map_err(|_| "start out of range".to_string())?;
 
+    let sys = sys()?;
     let _guard = lock();
     // SAFETY: no arguments, only resets this thread's error buffer.
-    unsafe { sys::rrd_clear_error() };
+    unsafe { (sys.clear_error)() };
     // SAFETY: `filename` and every element of `argv` point to NUL-terminated
     // strings owned by `filename` / `args`, which outlive the call; `argc` is
     // the exact length of `argv`; librrd only reads them and keeps no
     // pointer after returning.
-    let rc = unsafe { sys::rrd_create_r(filename.as_ptr(), step, start, argc, argv.as_ptr()) };
+    let rc = unsafe { (sys.create_r)(filename.as_ptr(), step, start, argc, argv.as_ptr()) };
     if rc == 0 {
         Ok(())
     } else {
-        Err(last_error())
+        Err(last_error(sys))
     }
 }
 
@@ -119,17 +182,18 @@ pub(crate) fn update(path: &Path, value: &str) -> Result<(), String> {
     // rrd_update_r parses the value in place on a copy it makes itself
     let argv: [*const c_char; 1] = [value.as_ptr()];
 
+    let sys = sys()?;
     let _guard = lock();
     // SAFETY: no arguments, only resets this thread's error buffer.
-    unsafe { sys::rrd_clear_error() };
+    unsafe { (sys.clear_error)() };
     // SAFETY: `filename` and `argv[0]` point to NUL-terminated strings that
     // outlive the call, argc 1 matches `argv`; a NULL template means "all
     // data sources in order"; librrd keeps no pointer after returning.
-    let rc = unsafe { sys::rrd_update_r(filename.as_ptr(), std::ptr::null(), 1, argv.as_ptr()) };
+    let rc = unsafe { (sys.update_r)(filename.as_ptr(), std::ptr::null(), 1, argv.as_ptr()) };
     if rc == 0 {
         Ok(())
     } else {
-        Err(last_error())
+        Err(last_error(sys))
     }
 }
 
@@ -137,6 +201,15 @@ pub(crate) fn update(path: &Path, value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::schema::{RrdKind, STEP};
+
+    #[test]
+    fn missing_library_is_a_clear_error() {
+        let e = load(&[c"librrd-not-there.so.99"]).err().unwrap();
+        assert!(
+            e.contains("install librrd8") && e.contains("librrd-not-there.so.99"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn create_update_and_errors() {
