@@ -19,24 +19,29 @@ use std::sync::{Mutex, OnceLock};
 /// daemons never write an RRD file themselves (rrdcached does, and the
 /// files are created once).
 struct Sys {
-    /// `int rrd_create_r(const char *filename, unsigned long pdp_step,
-    /// time_t last_up, int argc, const char **argv);`
-    create_r: unsafe extern "C" fn(
-        *const c_char,
-        c_ulong,
-        libc::time_t,
-        c_int,
-        *const *const c_char,
-    ) -> c_int,
-    /// `int rrd_update_r(const char *filename, const char *_template,
-    /// int argc, const char **argv);`
-    update_r:
-        unsafe extern "C" fn(*const c_char, *const c_char, c_int, *const *const c_char) -> c_int,
-    /// `void rrd_clear_error(void);`
-    clear_error: unsafe extern "C" fn(),
-    /// `char *rrd_get_error(void);` (the calling thread's error text)
-    get_error: unsafe extern "C" fn() -> *mut c_char,
+    create_r: CreateR,
+    update_r: UpdateR,
+    clear_error: ClearError,
+    get_error: GetError,
 }
+
+/// `int rrd_create_r(const char *filename, unsigned long pdp_step,
+/// time_t last_up, int argc, const char **argv);`
+type CreateR = unsafe extern "C" fn(
+    *const c_char,
+    c_ulong,
+    libc::time_t,
+    c_int,
+    *const *const c_char,
+) -> c_int;
+/// `int rrd_update_r(const char *filename, const char *_template,
+/// int argc, const char **argv);`
+type UpdateR =
+    unsafe extern "C" fn(*const c_char, *const c_char, c_int, *const *const c_char) -> c_int;
+/// `void rrd_clear_error(void);`
+type ClearError = unsafe extern "C" fn();
+/// `char *rrd_get_error(void);` (the calling thread's error text)
+type GetError = unsafe extern "C" fn() -> *mut c_char;
 
 /// Sonames tried in order (Debian 12: librrd8 ships librrd.so.8).
 const SONAMES: &[&CStr] = &[c"librrd.so.8", c"librrd.so"];
@@ -87,17 +92,24 @@ fn load(sonames: &[&CStr]) -> Result<Sys, String> {
             Ok(p)
         }
     };
-    // SAFETY (all four transmutes): each pointer is the address of the
-    // librrd function of that name, whose C prototype (rrd.h of rrdtool
-    // 1.4 to 1.8) is exactly the field's type.
-    unsafe {
-        Ok(Sys {
-            create_r: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_create_r")?),
-            update_r: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_update_r")?),
-            clear_error: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_clear_error")?),
-            get_error: std::mem::transmute::<*mut libc::c_void, _>(sym(c"rrd_get_error")?),
-        })
-    }
+    type Sym = *mut libc::c_void;
+    // Each transmute below: the pointer is the address of the librrd
+    // function of that name (non-NULL, checked by `sym`), whose C prototype
+    // in rrd.h (rrdtool 1.4 to 1.8) is exactly the target type.
+    // SAFETY: see above.
+    let create_r = unsafe { std::mem::transmute::<Sym, CreateR>(sym(c"rrd_create_r")?) };
+    // SAFETY: as above.
+    let update_r = unsafe { std::mem::transmute::<Sym, UpdateR>(sym(c"rrd_update_r")?) };
+    // SAFETY: as above.
+    let clear_error = unsafe { std::mem::transmute::<Sym, ClearError>(sym(c"rrd_clear_error")?) };
+    // SAFETY: as above.
+    let get_error = unsafe { std::mem::transmute::<Sym, GetError>(sym(c"rrd_get_error")?) };
+    Ok(Sys {
+        create_r,
+        update_r,
+        clear_error,
+        get_error,
+    })
 }
 
 fn sys() -> Result<&'static Sys, String> {
