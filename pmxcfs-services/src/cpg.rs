@@ -251,6 +251,17 @@ impl CpgService {
     /// `sink` on the service thread (no channel in between: the daemon
     /// puts it straight into its group service's queue).
     pub fn start_with_sink(config: CpgConfig, sink: EventSink) -> Result<CpgService, CpgError> {
+        Self::start_with_sink_and(config, sink, |_| {})
+    }
+
+    /// As [`start_with_sink`](Self::start_with_sink); `ready` gets this
+    /// group's sender before the thread starts, so that whatever answers
+    /// the first events (a sync start) can already multicast.
+    pub fn start_with_sink_and(
+        config: CpgConfig,
+        sink: EventSink,
+        ready: impl FnOnce(CpgSender),
+    ) -> Result<CpgService, CpgError> {
         let group = wire_group_name(&config.group)?;
         let ctl = Arc::new(Control::new()?);
         let shared = Arc::new(Shared {
@@ -265,11 +276,10 @@ impl CpgService {
             shared: shared.clone(),
             conn: None,
         };
+        let sender = CpgSender { shared };
+        ready(sender.clone());
         let thread = ServiceThread::spawn("cpg", client, ctl, config.reconnect_interval)?;
-        Ok(CpgService {
-            sender: CpgSender { shared },
-            thread,
-        })
+        Ok(CpgService { sender, thread })
     }
 
     /// A sender for this group.

@@ -138,16 +138,19 @@ impl ClusterSetup {
         let quorum = QuorumService::start().context("quorum service")?;
         let confdb = ConfdbService::start().context("confdb service")?;
 
-        let view = Arc::new(Mutex::new(View::default()));
-        // C starts the kvstore after confdb has the node list: status keys
-        // of nodes not in it are ignored, so wait for it (bounded)
-        for _ in 0..600 {
-            if let Some(conf) = confdb.current() {
-                view.lock().unwrap_or_else(|p| p.into_inner()).config = Some(conf);
-                publish(&view, &status);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        // A write delivered while not quorate makes the dcdb group resync
+        // (as in C), so the flag is known before the group is joined: a
+        // quorate cluster tells within a few ms, an inquorate one is not
+        // waited for long. The group is joined before the node list is
+        // read: its sync needs nothing of it, and it is what a restarted
+        // node waits for.
+        let t = std::time::Instant::now();
+        while !quorum.is_quorate() && t.elapsed() < Duration::from_millis(100) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if quorum.is_quorate() {
+            quorate.store(true, Ordering::Release);
+            status.set_quorate(true);
         }
 
         let store = MemStore {
@@ -171,9 +174,22 @@ impl ClusterSetup {
                     .handle(cmd);
             })
         };
-        let cpg = CpgService::start_with_sink(CpgConfig::new(DCDB_GROUP), direct)
-            .context("dcdb CPG service")?;
-        lock_core(&core).set_mcast(Box::new(CpgMcast(cpg.sender())));
+        let cpg = CpgService::start_with_sink_and(CpgConfig::new(DCDB_GROUP), direct, |s| {
+            lock_core(&core).set_mcast(Box::new(CpgMcast(s)))
+        })
+        .context("dcdb CPG service")?;
+        let view = Arc::new(Mutex::new(View::default()));
+        // C starts the kvstore after confdb has the node list: status keys
+        // of nodes not in it are ignored, so wait for it (bounded)
+        for _ in 0..3000 {
+            if let Some(conf) = confdb.current() {
+                view.lock().unwrap_or_else(|p| p.into_inner()).config = Some(conf);
+                publish(&view, &status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
