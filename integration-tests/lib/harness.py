@@ -848,6 +848,39 @@ def take_current_daemons():
     return d
 
 
+def shm_dirs_of(ipc_names):
+    """The libqb ring directories under /dev/shm of the IPC services
+    `ipc_names` (their files are named qb-<ring>-<service>-data and
+    -header): {path: [file names]}."""
+    found = {}
+    suffixes = tuple(f"-{n}-{part}" for n in ipc_names for part in ("data", "header"))
+    try:
+        dirs = [d for d in os.listdir("/dev/shm") if d.startswith("qb-")]
+    except OSError:
+        return found
+    for d in dirs:
+        path = os.path.join("/dev/shm", d)
+        try:
+            files = os.listdir(path)
+        except OSError:
+            continue
+        if any(f.endswith(suffixes) for f in files):
+            found[path] = sorted(files)
+    return found
+
+
+def remove_shm_of(ipc_names):
+    """Remove the ring directories of `ipc_names` (shm_dirs_of); returns a
+    description of each. A daemon removes a connection's rings when the
+    client goes away and when it stops: a directory still there after the
+    test's daemons are gone is a leak."""
+    found = []
+    for path, files in shm_dirs_of(ipc_names).items():
+        found.append(f"{path} ({', '.join(files)})")
+        shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
 # --------------------------------------------------------------------------
 # process helpers for tests that run the binary directly
 

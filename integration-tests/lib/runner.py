@@ -325,6 +325,9 @@ def execute_plain(case, mode):
     finally:
         WATCHDOG.stop()
     left = cleanup_owner(owner)
+    if mode == "ours":
+        left += [f"IPC rings {d}" for d in harness.remove_shm_of(
+            [d.ipc_name for d in harness._current_daemons if getattr(d, "ipc_name", None)])]
     if err is None and not_run is None and left:
         err = "left behind: " + "; ".join(left)
     if err is not None:

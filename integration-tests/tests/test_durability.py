@@ -23,6 +23,7 @@ from lib.harness import (
     mounted,
     read,
     register_mount,
+    shm_dirs_of,
     timeout,
     wait_for,
     write,
@@ -148,6 +149,9 @@ def test_otrunc_on_failed_database_fails(t):
                          what="open(O_TRUNC) on a failed database")
             eq(read(d.path("keep")), b"precious", "content after the refused open(O_TRUNC)")
             eq(qb.ok(d.ipc_name, qb.OP_GET_CONFIG, qb.cstr("keep")), b"precious", "IPC view")
+            # the daemon removes the client's rings when it sees it gone:
+            # let it finish before the kill (else they stay in /dev/shm)
+            wait_for(lambda: not shm_dirs_of([d.ipc_name]), 5, what="the IPC client's rings removed")
             kill9(d)
     finally:
         subprocess.run(["umount", "-l", dbdir], check=False)

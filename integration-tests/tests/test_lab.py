@@ -84,6 +84,11 @@ def test_nothing_left_behind(t):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = n3.corosync.pid
         harness.wait_for(lambda: qb_shm_of({client.pid}), 5, what="the client's libqb dir in /dev/shm")
+        # stopped first, so that neither end can clean up after the other
+        # dies (corosync removes a killed client's dir, a client the dir
+        # of a dead server)
+        pw.signal(signal.SIGSTOP)
+        n3.corosync.signal(signal.SIGSTOP)
         pw.signal(signal.SIGKILL)
         n3.corosync.signal(signal.SIGKILL)
         client.stdin.close()
