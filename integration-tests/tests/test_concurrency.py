@@ -277,3 +277,109 @@ def test_eight_processes_mixed_operations_match_the_model(t):
         compare(d, "live")
     with Daemon(tmp) as d:
         compare(d, "after restart")
+
+
+@timeout(240)
+def test_fuse_view_matches_the_daemon_after_every_change(t):
+    """After every change (in-place write, O_TRUNC rewrite, write past EOF, ftruncate, refused write over 1 MiB, rename over the file) a handle held open from before, a fresh open and stat show exactly what the daemon holds (IPC GET_CONFIG); a handle of a replaced file keeps the old bytes. (Guards against kernel caching of file data going stale.)"""
+    d = t.daemon()
+    mib = 1048576
+    rng = random.Random(8)
+    a, b = d.path("pc-a.cfg"), d.path("pc-b.cfg")
+    write(a, b"start\n")
+
+    def daemon_view():
+        return qb.ok(d.ipc_name, qb.OP_GET_CONFIG, qb.cstr("pc-a.cfg"))
+
+    def pread_all(fd):
+        return os.pread(fd, 2 * mib, 0)
+
+    held = os.open(a, os.O_RDONLY)
+    try:
+        eq(pread_all(held), b"start\n", "first read through the held handle")
+        for rnd in range(300):
+            op = rng.choice(["trunc_write", "pwrite", "past_eof", "ftruncate", "efbig", "rename"])
+            if op == "trunc_write":
+                write(a, os.urandom(rng.randrange(0, 9000)))
+            elif op == "pwrite":
+                fd = os.open(a, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, os.urandom(rng.randrange(1, 5000)), rng.randrange(0, 6000))
+                finally:
+                    os.close(fd)
+            elif op == "past_eof":
+                fd = os.open(a, os.O_RDWR)
+                try:
+                    size = os.fstat(fd).st_size
+                    os.pwrite(fd, b"tail", size + rng.randrange(1, 9000))
+                finally:
+                    os.close(fd)
+            elif op == "ftruncate":
+                fd = os.open(a, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, rng.randrange(0, 12000))
+                finally:
+                    os.close(fd)
+            elif op == "efbig":
+                fd = os.open(a, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, os.urandom(8192), mib - 4096)
+                    raise TestFailure("a write crossing 1 MiB was accepted")
+                except OSError as e:
+                    check(e.errno == errno.EFBIG, f"round {rnd}: write crossing 1 MiB: {e}")
+                finally:
+                    os.close(fd)
+            else:
+                old = daemon_view()
+                write(b, os.urandom(rng.randrange(0, 9000)))
+                os.rename(b, a)
+                eq(pread_all(held), old, f"round {rnd}: the held handle of the replaced file")
+                os.close(held)
+                held = os.open(a, os.O_RDONLY)
+            want = daemon_view()
+            eq(pread_all(held), want, f"round {rnd} ({op}): read through the held handle")
+            eq(read(a), want, f"round {rnd} ({op}): read after a fresh open")
+            eq(os.stat(a).st_size, len(want), f"round {rnd} ({op}): stat size")
+    finally:
+        os.close(held)
+
+
+@timeout(120)
+def test_readers_never_see_a_torn_write(t):
+    """A 64 KiB file rewritten in place (one pwrite of 64 KiB, every byte the round's number) by one process while three others read it whole: every read returns one round's bytes, never a mix of two (C and we apply a write as one step, and reads bypass the page cache, which a write fills page by page)."""
+    d = t.daemon()
+    size = 65536
+    path = d.path("torn.cfg")
+    write(path, bytes([0]) * size)
+    stop = time.monotonic() + 8
+    pids = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                while time.monotonic() < stop:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        data = os.pread(fd, size, 0)
+                    finally:
+                        os.close(fd)
+                    if len(data) != size or data.count(data[:1]) != size:
+                        code = 3
+                        break
+            except BaseException:  # noqa: BLE001
+                code = 4
+            os._exit(code)
+        pids.append(pid)
+    rounds = 0
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        while time.monotonic() < stop:
+            rounds += 1
+            os.pwrite(fd, bytes([rounds % 256]) * size, 0)
+    finally:
+        os.close(fd)
+    codes = [os.waitpid(p, 0)[1] for p in pids]
+    t.note(f"{rounds} rewrites")
+    eq([os.waitstatus_to_exitcode(c) for c in codes], [0, 0, 0],
+       "reader exit codes (3: a read mixed two writes)")
