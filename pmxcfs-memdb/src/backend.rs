@@ -111,7 +111,21 @@ impl Backend {
     }
 
     fn open_with(path: &Path, flags: OpenFlags) -> Result<(Backend, Tree), MemDbError> {
-        let conn = Connection::open_with_flags(path, flags).map_err(|source| MemDbError::Open {
+        // the writer gathers each commit's WAL frames into one write
+        // (walbuf.rs); without that VFS (never expected) SQLite's own
+        let vfs = if flags.contains(OpenFlags::SQLITE_OPEN_READ_WRITE) {
+            crate::walbuf::register()
+                .map_err(|e| tracing::warn!("WAL write gathering off: {e}"))
+                .ok()
+                .and_then(|n| n.to_str().ok())
+        } else {
+            None
+        };
+        let conn = match vfs {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+            None => Connection::open_with_flags(path, flags),
+        }
+        .map_err(|source| MemDbError::Open {
             path: path.to_path_buf(),
             source,
         })?;

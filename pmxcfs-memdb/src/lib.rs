@@ -22,6 +22,7 @@ mod path;
 mod submit;
 mod tree;
 pub mod vmlist;
+mod walbuf;
 
 #[cfg(test)]
 mod deferred_tests;
