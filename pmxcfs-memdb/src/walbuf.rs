@@ -54,6 +54,12 @@ struct Gather {
     /// File offset of `buf[0]`.
     offset: i64,
     expect: Expect,
+    /// End of the furthest write since the WAL header was last written:
+    /// only a frame header at or past it is a new frame (appended); one
+    /// below it is SQLite rewriting an earlier frame's header
+    /// (walRewriteChecksums, after the commit frame) and goes through at
+    /// once.
+    high: i64,
     #[cfg(test)]
     writes: u64,
 }
@@ -66,7 +72,9 @@ struct WalFile {
     gather: *mut Gather,
 }
 
-/// Offset of the default VFS's file inside ours, 16-aligned.
+/// Offset of the default VFS's file inside ours (16-aligned within our
+/// allocation; SQLite's allocations are 8-aligned, which the unix file
+/// needs).
 const REAL_AT: usize = (std::mem::size_of::<WalFile>() + 15) & !15;
 
 /// The default VFS (for the calls we pass on).
@@ -237,10 +245,15 @@ unsafe extern "C" fn wal_write(
     let g = unsafe { gather_of(f) };
     let contiguous = !g.buf.is_empty() && g.offset + g.buf.len() as i64 == off;
     let expect = g.expect;
+    if n == WAL_HEADER && off == 0 {
+        // a new WAL (or one restarted after a checkpoint) starts here
+        g.high = 0;
+    }
     let recognised = match expect {
         Expect::Page { .. } => contiguous,
-        Expect::Header => n == FRAME_HEADER || (n == WAL_HEADER && off == 0),
+        Expect::Header => (n == FRAME_HEADER && off >= g.high) || (n == WAL_HEADER && off == 0),
     };
+    g.high = g.high.max(off + n as i64);
     if !recognised || (!g.buf.is_empty() && !contiguous) {
         // SAFETY: `f` is ours.
         let rc = unsafe { flush(f) };
@@ -416,6 +429,7 @@ unsafe extern "C" fn x_open(
         buf: Vec::with_capacity(64 * 1024),
         offset: 0,
         expect: Expect::Header,
+        high: 0,
         #[cfg(test)]
         writes: 0,
     }));
@@ -552,31 +566,11 @@ mod tests {
         let c = open(&path);
         c.execute("INSERT INTO t(k, v) VALUES (1, x'00')", [])
             .unwrap();
-        let wal = |c: &Connection| -> u64 {
-            let mut p: *mut c_void = std::ptr::null_mut();
-            // SAFETY: SQLITE_FCNTL_JOURNAL_POINTER stores the open WAL
-            // file's pointer into `p`; the connection is alive and in WAL
-            // mode with the WAL open (a commit was made), so it is one of
-            // our WAL files, checked by its methods before gather_of.
-            unsafe {
-                let db = c.handle();
-                let rc = ffi::sqlite3_file_control(
-                    db,
-                    c"main".as_ptr(),
-                    ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-                    (&mut p as *mut *mut c_void).cast(),
-                );
-                assert_eq!(rc, ffi::SQLITE_OK);
-                let f = p.cast::<ffi::sqlite3_file>();
-                assert!(std::ptr::eq((*f).pMethods, &WAL_METHODS));
-                gather_of(f).writes
-            }
-        };
-        let before = wal(&c);
+        let before = gathered(&c).0;
         c.execute("UPDATE t SET v = ?1 WHERE k = 1", [vec![5u8; 4000]])
             .unwrap();
         assert_eq!(
-            wal(&c) - before,
+            gathered(&c).0 - before,
             1,
             "one write for a commit of several frames"
         );
@@ -586,5 +580,70 @@ mod tests {
             .query_row("SELECT v FROM t WHERE k = 1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, vec![5u8; 4000]);
+    }
+
+    fn gathered(c: &Connection) -> (u64, usize) {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: SQLITE_FCNTL_JOURNAL_POINTER stores the open WAL file's
+        // pointer into `p`; the connection is alive and its WAL is open, so
+        // it is one of our files, checked by its methods before gather_of.
+        unsafe {
+            let rc = ffi::sqlite3_file_control(
+                c.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+                (&mut p as *mut *mut c_void).cast(),
+            );
+            assert_eq!(rc, ffi::SQLITE_OK);
+            let f = p.cast::<ffi::sqlite3_file>();
+            assert!(std::ptr::eq((*f).pMethods, &WAL_METHODS));
+            let g = gather_of(f);
+            (g.writes, g.buf.len())
+        }
+    }
+
+    /// A transaction that spills pages to the WAL and changes them again
+    /// makes SQLite rewrite the frame headers' checksums after the commit
+    /// frame: they are in the file when the commit returns (recovery from
+    /// a copy of the files, without the wal-index, finds the commit).
+    #[test]
+    fn rewritten_checksums_are_in_the_file_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let c = open(&path);
+        c.execute_batch(
+            "PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=20; PRAGMA cache_spill=20; BEGIN;",
+        )
+        .unwrap();
+        for k in 0..300i64 {
+            c.execute(
+                "INSERT INTO t(k, v) VALUES (?1, ?2)",
+                rusqlite::params![k, vec![1u8; 700]],
+            )
+            .unwrap();
+        }
+        for k in 0..300i64 {
+            c.execute(
+                "UPDATE t SET v = ?2 WHERE k = ?1",
+                rusqlite::params![k, vec![2u8; 700]],
+            )
+            .unwrap();
+        }
+        c.execute_batch("COMMIT;").unwrap();
+        assert_eq!(gathered(&c).1, 0, "nothing held back after the commit");
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        for f in ["db", "db-wal"] {
+            std::fs::copy(dir.path().join(f), copy.join(f)).unwrap();
+        }
+        let r = Connection::open(copy.join("db")).unwrap();
+        let n: i64 = r
+            .query_row(
+                "SELECT count(*) FROM t WHERE v = ?1",
+                [vec![2u8; 700]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 300);
     }
 }
