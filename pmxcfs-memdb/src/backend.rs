@@ -539,7 +539,18 @@ impl Backend {
             .map_err(|e| self.err("begin transaction", e))?;
         self.write_rows(w)?;
         self.write_root(&w.root)?;
-        tx.commit().map_err(|e| self.err("commit transaction", e))
+        tx.commit().map_err(|e| self.err("commit transaction", e))?;
+        self.settle_wal()
+    }
+
+    /// Nothing of a committed transaction may stay gathered (walbuf.rs).
+    fn settle_wal(&self) -> Result<(), MemDbError> {
+        crate::walbuf::settle(&self.conn).map_err(|rc| {
+            self.err(
+                "write the WAL",
+                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
+            )
+        })
     }
 
     /// The delete and the entry of one mutation (inside a transaction).
@@ -634,6 +645,7 @@ impl Backend {
             });
         }
         tx.commit().map_err(|e| self.err("commit transaction", e))?;
+        self.settle_wal()?;
         Ok(tree)
     }
 
