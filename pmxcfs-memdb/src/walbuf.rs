@@ -720,4 +720,745 @@ mod tests {
             .unwrap();
         assert_eq!(v, vec![0u8]);
     }
+
+    // ---- attacks: the invariant under every WAL path we can reach ----
+
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    const UPSERT: &str = "INSERT INTO t(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = ?2";
+
+    /// Seeded LCG step: 31 random bits.
+    fn rnd(s: &mut u64) -> u64 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *s >> 33
+    }
+
+    /// A value of up to `max` bytes whose pages differ from each other.
+    fn blob(s: &mut u64, max: usize) -> Vec<u8> {
+        let len = rnd(s) as usize % max.max(1);
+        let b = rnd(s) as u8;
+        (0..len).map(|i| b.wrapping_add((i / 61) as u8)).collect()
+    }
+
+    /// Open `path` with our VFS (`ours`) or the default one and run `setup`.
+    fn open_as(path: &Path, ours: bool, setup: &str) -> Connection {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+        let c = if ours {
+            let name = register().unwrap().to_str().unwrap();
+            Connection::open_with_flags_and_vfs(path, flags, name).unwrap()
+        } else {
+            Connection::open_with_flags(path, flags).unwrap()
+        };
+        c.execute_batch(setup).unwrap();
+        c
+    }
+
+    /// Whether the connection has one of our WAL files open.
+    fn our_wal_open(c: &Connection) -> bool {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: as in `gathered`; a NULL or foreign file is only compared.
+        unsafe {
+            ffi::sqlite3_file_control(
+                c.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+                (&mut p as *mut *mut c_void).cast(),
+            );
+            let f = p.cast::<ffi::sqlite3_file>();
+            !f.is_null() && std::ptr::eq((*f).pMethods, &WAL_METHODS)
+        }
+    }
+
+    fn rows(c: &Connection) -> rusqlite::Result<BTreeMap<i64, Vec<u8>>> {
+        let mut s = c.prepare("SELECT k, v FROM t ORDER BY k")?;
+        let r = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        r.collect()
+    }
+
+    /// What a crash right now leaves: copy db and db-wal (no -shm, so
+    /// recovery runs, as after kill -9) and open the copy with the
+    /// default VFS: its rows, integrity_check, frames recovered.
+    fn after_crash(dir: &Path, to: &Path, n: &mut u32) -> (BTreeMap<i64, Vec<u8>>, String, i64) {
+        *n += 1;
+        let copy = to.join(format!("crash{n}"));
+        std::fs::create_dir(&copy).unwrap();
+        for f in ["db", "db-wal"] {
+            if dir.join(f).exists() {
+                std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+            }
+        }
+        let r = Connection::open(copy.join("db")).unwrap();
+        let got = rows(&r).unwrap();
+        let ok: String = r
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        let log: i64 = r
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap();
+        drop(r);
+        std::fs::remove_dir_all(copy).unwrap();
+        (got, ok, log)
+    }
+
+    /// Two WAL files hold the same frames: equal but for the random salts
+    /// and the checksums they seed (WAL header bytes 16..32, frame header
+    /// bytes 8..24).
+    fn same_frames(a: &[u8], b: &[u8], page_size: usize) -> Result<(), String> {
+        if a.len() != b.len() {
+            return Err(format!("WAL length {} != {}", a.len(), b.len()));
+        }
+        if a.len() < WAL_HEADER {
+            return if a == b {
+                Ok(())
+            } else {
+                Err("WAL header differs".into())
+            };
+        }
+        if a[..16] != b[..16] {
+            return Err("WAL header differs".into());
+        }
+        let frame = FRAME_HEADER + page_size;
+        for (n, (x, y)) in a[WAL_HEADER..]
+            .chunks(frame)
+            .zip(b[WAL_HEADER..].chunks(frame))
+            .enumerate()
+        {
+            let cut = |f: &[u8], r: std::ops::Range<usize>| {
+                f[r.start.min(f.len())..r.end.min(f.len())].to_vec()
+            };
+            if cut(x, 0..8) != cut(y, 0..8) || cut(x, 24..frame) != cut(y, 24..frame) {
+                return Err(format!("WAL frame {} differs", n + 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// A step of a schedule, run alike on both databases.
+    enum St {
+        Batch(String),
+        /// A statement whose rows are read and dropped (pragmas).
+        Query(String),
+        Up(i64, Vec<u8>),
+        Del(i64, i64),
+        /// Close the connection and open it again.
+        Reopen,
+    }
+
+    /// One database and its three connections.
+    struct World {
+        dir: tempfile::TempDir,
+        conns: Vec<Connection>,
+        ours: [bool; 3],
+        crashes: u32,
+    }
+
+    impl World {
+        fn new(ours: [bool; 3], page_size: usize, auto_vacuum: bool, setup: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let create = format!(
+                "PRAGMA page_size={page_size}; PRAGMA auto_vacuum={};
+                 PRAGMA journal_mode=WAL; {setup}
+                 CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);",
+                if auto_vacuum { 2 } else { 0 }
+            );
+            let conns = (0..3)
+                .map(|i| open_as(&path, ours[i], if i == 0 { &create } else { setup }))
+                .collect();
+            World {
+                dir,
+                conns,
+                ours,
+                crashes: 0,
+            }
+        }
+
+        fn run(&mut self, w: usize, sts: &[St], setup: &str) {
+            for st in sts {
+                let c = &self.conns[w];
+                match st {
+                    St::Batch(sql) => c.execute_batch(sql).unwrap(),
+                    St::Query(sql) => {
+                        let mut s = c.prepare(sql).unwrap();
+                        let mut r = s.query([]).unwrap();
+                        while r.next().unwrap().is_some() {}
+                    }
+                    St::Up(k, v) => {
+                        c.prepare_cached(UPSERT)
+                            .unwrap()
+                            .execute(rusqlite::params![k, v])
+                            .unwrap();
+                    }
+                    St::Del(lo, hi) => {
+                        c.prepare_cached("DELETE FROM t WHERE k BETWEEN ?1 AND ?2")
+                            .unwrap()
+                            .execute([lo, hi])
+                            .unwrap();
+                    }
+                    St::Reopen => {
+                        let path = self.dir.path().join("db");
+                        self.conns[w] = open_as(&path, self.ours[w], setup);
+                    }
+                }
+            }
+        }
+
+        fn file(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dir.path().join(name)).unwrap_or_default()
+        }
+    }
+
+    /// A seeded random schedule run on two databases in lockstep: `ours`
+    /// (connections 0 and 1 with this VFS, 2 with the default one) and a
+    /// mirror (all three with the default VFS). SQLite makes the same
+    /// decisions on both (spills, restarts, checkpoints), so after every
+    /// step the files must hold the same bytes but for the random salts.
+    struct Schedule {
+        ours: World,
+        mirror: World,
+        setup: String,
+        model: BTreeMap<i64, Vec<u8>>,
+        rng: u64,
+        page_size: usize,
+        commits: u32,
+    }
+
+    type Tx = BTreeMap<i64, Option<Vec<u8>>>;
+
+    impl Schedule {
+        fn new(seed: u64, page_size: usize, auto_vacuum: bool, sync: &str) -> Self {
+            // about 1 MiB of WAL before an automatic checkpoint
+            let setup = format!(
+                "PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint={};",
+                (1 << 20) / page_size
+            );
+            Schedule {
+                ours: World::new([true, true, false], page_size, auto_vacuum, &setup),
+                mirror: World::new([false; 3], page_size, auto_vacuum, &setup),
+                setup,
+                model: BTreeMap::new(),
+                rng: seed,
+                page_size,
+                commits: 0,
+            }
+        }
+
+        fn r(&mut self, n: u64) -> u64 {
+            rnd(&mut self.rng) % n
+        }
+
+        /// `n` writes of keys below 300 (values up to `max` bytes), one in
+        /// ten a delete of a few keys.
+        fn writes(&mut self, n: u64, max: usize, out: &mut Vec<St>, tx: &mut Tx) {
+            for _ in 0..n {
+                let k = self.r(300) as i64;
+                if self.r(10) == 0 {
+                    let hi = k + self.r(8) as i64;
+                    out.push(St::Del(k, hi));
+                    for d in k..=hi {
+                        tx.insert(d, None);
+                    }
+                } else {
+                    let v = blob(&mut self.rng, max);
+                    tx.insert(k, Some(v.clone()));
+                    out.push(St::Up(k, v));
+                }
+            }
+        }
+
+        fn b(sql: &str) -> St {
+            St::Batch(sql.to_string())
+        }
+
+        /// One random step: (connection, statements, committed changes).
+        fn plan(&mut self) -> (usize, Vec<St>, Option<Tx>, &'static str) {
+            let w = [0, 0, 0, 1, 2][self.r(5) as usize];
+            let ps = self.page_size;
+            let small = Self::b("PRAGMA cache_size=6");
+            let normal = Self::b("PRAGMA cache_size=2000");
+            let mut s = Vec::new();
+            let mut tx = Tx::new();
+            let kind = match self.r(20) {
+                0..=5 => {
+                    s.push(Self::b("BEGIN"));
+                    let n = 1 + self.r(3);
+                    self.writes(n, 3000, &mut s, &mut tx);
+                    s.push(Self::b("COMMIT"));
+                    "small commit"
+                }
+                // many times the gather limit, up to MiBs
+                6 => {
+                    s.push(Self::b("BEGIN"));
+                    let total = 70_000 + self.r(600_000) as usize;
+                    let (mut done, mut k) = (0, 1000);
+                    while done < total {
+                        let v = blob(&mut self.rng, 200_000);
+                        done += v.len() + 1;
+                        tx.insert(k, Some(v.clone()));
+                        s.push(St::Up(k, v));
+                        k += 1;
+                    }
+                    s.push(Self::b("COMMIT"));
+                    "large commit"
+                }
+                // spills, then changes spilled pages again: frames
+                // overwritten in place, checksums rewritten at commit
+                7..=8 => {
+                    s.extend([small, Self::b("BEGIN")]);
+                    let n = 20 + self.r(60);
+                    self.writes(n, 2 * ps.min(4096), &mut s, &mut tx);
+                    let n = 10 + self.r(60);
+                    self.writes(n, 2 * ps.min(4096), &mut s, &mut tx);
+                    s.extend([Self::b("COMMIT"), normal]);
+                    "spilled commit"
+                }
+                // nested savepoints, spilled, rolled back to, released
+                9..=10 => {
+                    s.extend([small, Self::b("BEGIN")]);
+                    let n = self.r(30);
+                    self.writes(n, 2000, &mut s, &mut tx);
+                    s.push(Self::b("SAVEPOINT a"));
+                    let before = tx.clone();
+                    let n = 20 + self.r(60);
+                    self.writes(n, 2000, &mut s, &mut tx);
+                    s.push(Self::b("SAVEPOINT b"));
+                    let inner = tx.clone();
+                    let n = self.r(30);
+                    self.writes(n, 2000, &mut s, &mut tx);
+                    if self.r(2) == 0 {
+                        s.push(Self::b("ROLLBACK TO b"));
+                        tx = inner;
+                    }
+                    s.push(Self::b("RELEASE b"));
+                    if self.r(3) != 0 {
+                        s.push(Self::b("ROLLBACK TO a"));
+                        tx = before;
+                    }
+                    let n = self.r(20);
+                    self.writes(n, 2000, &mut s, &mut tx);
+                    s.extend([Self::b("RELEASE a"), Self::b("COMMIT"), normal]);
+                    "savepoints"
+                }
+                // a spilled transaction rolled back (from an empty WAL half
+                // of the time: nothing of it is read back meanwhile), then
+                // a smaller commit at the same offsets by the same
+                // connection (another one committing in between is
+                // rolled_back_spill_is_not_written_over_another_connections_commit)
+                11..=12 => {
+                    s.push(small);
+                    if self.r(2) == 0 {
+                        s.push(St::Query("PRAGMA wal_checkpoint(TRUNCATE)".into()));
+                    }
+                    s.push(Self::b("BEGIN"));
+                    let n = 30 + self.r(60);
+                    self.writes(n, 2000, &mut s, &mut Tx::new());
+                    s.extend([Self::b("ROLLBACK"), normal, Self::b("BEGIN")]);
+                    let n = 1 + self.r(3);
+                    self.writes(n, 1500, &mut s, &mut tx);
+                    s.push(Self::b("COMMIT"));
+                    "rollback, then a commit"
+                }
+                13..=14 => {
+                    let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][self.r(4) as usize];
+                    s.push(St::Query(format!("PRAGMA wal_checkpoint({mode})")));
+                    "checkpoint"
+                }
+                15 => {
+                    let limit = [-1, 0, 32768, 1 << 20][self.r(4) as usize];
+                    s.push(St::Query(format!("PRAGMA journal_size_limit={limit}")));
+                    "journal_size_limit"
+                }
+                16 => {
+                    if self.r(3) == 0 {
+                        s.push(Self::b("VACUUM"));
+                    } else {
+                        let n = 1 + self.r(50);
+                        s.push(St::Query(format!("PRAGMA incremental_vacuum({n})")));
+                    }
+                    "vacuum"
+                }
+                17 => {
+                    s.push(St::Reopen);
+                    "reopen"
+                }
+                _ => {
+                    s.push(St::Query("SELECT * FROM t".into()));
+                    "read"
+                }
+            };
+            let committed = s.iter().any(|st| matches!(st, St::Up(..) | St::Del(..)));
+            (w, s, committed.then_some(tx), kind)
+        }
+
+        fn step(&mut self, i: u32) {
+            let (w, sts, tx, kind) = self.plan();
+            let what = format!("page {} step {i}: {kind} on {w}", self.page_size);
+            self.ours.run(w, &sts, &self.setup);
+            self.mirror.run(w, &sts, &self.setup);
+            let committed = tx.is_some();
+            if let Some(tx) = tx {
+                self.commits += 1;
+                for (k, v) in tx {
+                    match v {
+                        Some(v) => self.model.insert(k, v),
+                        None => self.model.remove(&k),
+                    };
+                }
+            }
+            self.check(&what, committed);
+        }
+
+        /// Nothing gathered on our connections, the same bytes in both
+        /// databases' files, and the same after a crash.
+        fn check(&mut self, what: &str, committed: bool) {
+            for (i, c) in self.ours.conns.iter().enumerate() {
+                if our_wal_open(c) {
+                    assert_eq!(gathered(c).1, 0, "{what}: bytes held on connection {i}");
+                }
+            }
+            assert!(
+                self.ours.file("db") == self.mirror.file("db"),
+                "{what}: database files differ"
+            );
+            if let Err(e) = same_frames(
+                &self.ours.file("db-wal"),
+                &self.mirror.file("db-wal"),
+                self.page_size,
+            ) {
+                panic!("{what}: {e}");
+            }
+            if !committed {
+                return;
+            }
+            let ours = after_crash(
+                self.ours.dir.path(),
+                self.ours.dir.path(),
+                &mut self.ours.crashes,
+            );
+            let mirror = after_crash(
+                self.mirror.dir.path(),
+                self.mirror.dir.path(),
+                &mut self.mirror.crashes,
+            );
+            // Compared with the mirror, not with the model: SQLite 3.40.1
+            // itself (3.46 too) can lose a commit at recovery after ROLLBACK
+            // TO a savepoint below a frame overwritten in place (iReCksum
+            // is not reset by sqlite3WalSavepointUndo, so the commit's
+            // frames keep zero salts); ours must lose exactly the same.
+            assert_eq!(ours.1, mirror.1, "{what}: integrity after a crash");
+            assert_eq!(ours.2, mirror.2, "{what}: frames recovered after a crash");
+            assert!(ours.0 == mirror.0, "{what}: rows after a crash");
+        }
+    }
+
+    /// Seeded random schedules, each on our database and a mirror with the
+    /// default VFS in lockstep, over three connections (two of ours, one
+    /// default), page sizes 512 to 65536, with and without auto_vacuum:
+    /// small, large (MiB) and spilled commits, checksum rewrites, nested
+    /// savepoints rolled back to, spilled rollbacks followed by smaller
+    /// commits at the same offsets, checkpoints of every mode (WAL restart)
+    /// from either VFS, journal_size_limit, VACUUM, incremental vacuum,
+    /// reopening. After every step nothing is gathered and both files
+    /// (and what a crash leaves of them) are the same but for the salts.
+    #[test]
+    fn random_schedules_write_what_sqlite_writes() {
+        for (seed, ps, av, sync, steps) in [
+            (1u64, 512, false, "NORMAL", 50),
+            (2, 1024, true, "NORMAL", 50),
+            (3, 4096, false, "FULL", 40),
+            (4, 65536, true, "NORMAL", 16),
+        ] {
+            let mut s = Schedule::new(seed, ps, av, sync);
+            for i in 0..steps {
+                s.step(i);
+            }
+            assert!(s.commits > steps / 3, "page {ps}: {} commits", s.commits);
+        }
+    }
+
+    /// mxFrame of the live wal-index (the first header copy in -shm).
+    fn live_mx_frame(dir: &Path) -> i64 {
+        let shm = std::fs::read(dir.join("db-shm")).unwrap();
+        i64::from(u32::from_ne_bytes(shm[16..20].try_into().unwrap()))
+    }
+
+    /// Our connection rolls back a transaction that spilled pages to an
+    /// empty WAL, so nothing of it was read back: its frames (and the WAL
+    /// header) stay gathered after the ROLLBACK. Another connection then
+    /// commits at the same offsets; the next call of ours on the WAL (here
+    /// a read) writes the stale frames over that commit.
+    #[test]
+    #[ignore = "bug: frames of a rolled-back spilled transaction stay gathered after ROLLBACK \
+                and are later written over another connection's commit"]
+    fn rolled_back_spill_is_not_written_over_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let c = open(&path);
+        c.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=10;")
+            .unwrap();
+        c.execute("INSERT INTO t(k, v) VALUES (0, x'00')", [])
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); BEGIN;")
+            .unwrap();
+        for k in 1..40i64 {
+            c.execute(UPSERT, rusqlite::params![k, vec![1u8; 700]])
+                .unwrap();
+        }
+        c.execute_batch("ROLLBACK").unwrap();
+        other
+            .execute(UPSERT, rusqlite::params![1000, vec![9u8; 3000]])
+            .unwrap();
+        // ours reads the other connection's commit
+        let got: rusqlite::Result<Vec<u8>> =
+            c.query_row("SELECT v FROM t WHERE k = 1000", [], |r| r.get(0));
+        let (rows, ok, _) = after_crash(dir.path(), dir.path(), &mut 0);
+        assert_eq!(ok, "ok");
+        assert!(
+            rows.get(&1000) == Some(&vec![9u8; 3000]),
+            "the other connection's commit lost at recovery"
+        );
+        assert!(got.is_ok_and(|v| v == vec![9u8; 3000]), "read by ours");
+    }
+
+    /// With psow=0 and synchronous=FULL SQLite pads a commit with copies
+    /// of its commit frame up to the next sector boundary and splits the
+    /// write that crosses it (walWriteToLog: first part, fsync, rest).
+    /// When the rest is exactly 24 bytes (the end of the last padding
+    /// frame's page: 512-byte pages, frame 405) it looks like a frame
+    /// header and stays gathered after the COMMIT returns: a crash copy
+    /// then recovers one frame less than the wal-index holds (the commit
+    /// itself survives in the frames before).
+    #[test]
+    #[ignore = "bug: with psow=0 and synchronous=FULL the 24-byte tail of the padding write \
+                split at the sector boundary is taken for a frame header and held after COMMIT"]
+    fn padding_frames_are_in_the_file_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let name = register().unwrap().to_str().unwrap();
+        let c = Connection::open_with_flags_and_vfs(
+            format!("file:{}?psow=0", path.display()),
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI,
+            name,
+        )
+        .unwrap();
+        c.execute_batch(
+            "PRAGMA page_size=512; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+             PRAGMA wal_autocheckpoint=0; CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);",
+        )
+        .unwrap();
+        let mut crashes = 0;
+        for k in 0..60i64 {
+            c.execute(UPSERT, rusqlite::params![k, vec![3u8; 100]])
+                .unwrap();
+            assert_eq!(gathered(&c).1, 0, "commit {k}: bytes held");
+            let live = live_mx_frame(dir.path());
+            let (rows, ok, log) = after_crash(dir.path(), dir.path(), &mut crashes);
+            assert_eq!((rows.len(), ok.as_str()), (k as usize + 1, "ok"));
+            assert_eq!(log, live, "commit {k}: frames recovered vs wal-index");
+        }
+    }
+
+    /// A tmpfs of `size` mounted at a fresh directory (root only),
+    /// unmounted on drop; None (the test is skipped) where that fails.
+    struct Tmpfs {
+        dir: std::path::PathBuf,
+        /// Where crash copies go (not on the tmpfs).
+        outside: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let outside = tempfile::tempdir().ok()?;
+            let dir = outside.path().join("fs");
+            std::fs::create_dir(&dir).ok()?;
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("skipped: cannot mount a tmpfs (needs root)");
+            }
+            mounted.then_some(Tmpfs { dir, outside })
+        }
+
+        /// Fill the file system but for about `room` bytes.
+        fn fill(&self, room: u64) {
+            use std::io::Write;
+            let mut f = std::fs::File::create(self.dir.join("filler")).unwrap();
+            let chunk = vec![0u8; 4096];
+            while f.write_all(&chunk).is_ok() {}
+            let len = f.metadata().unwrap().len();
+            f.set_len(len.saturating_sub(room)).unwrap();
+        }
+
+        fn free(&self) {
+            std::fs::remove_file(self.dir.join("filler")).unwrap();
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        }
+    }
+
+    /// A full file system: a commit whose write fails returns the error
+    /// and leaves nothing, every commit before it is in the file (crash
+    /// copy), nothing is held, and commits go on once there is room.
+    #[test]
+    fn full_file_system_fails_the_commit_and_keeps_the_others() {
+        let Some(fs) = Tmpfs::mount("2m") else {
+            return;
+        };
+        let path = fs.dir.join("db");
+        let c = open(&path);
+        c.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=10;")
+            .unwrap();
+        let mut model = BTreeMap::new();
+        let mut rng = 11u64;
+        let mut crashes = 0;
+        let mut failed = 0;
+        fs.fill(300 << 10);
+        for i in 0..100 {
+            if failed == 4 {
+                // room again, and a WAL that starts over
+                fs.free();
+                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+                failed += 1;
+            }
+            let mut tx = Tx::new();
+            let n = 1 + rnd(&mut rng) % 12;
+            let r = (|| {
+                c.execute_batch("BEGIN")?;
+                for _ in 0..n {
+                    let k = (rnd(&mut rng) % 60) as i64;
+                    let v = blob(&mut rng, 9000);
+                    c.execute(UPSERT, rusqlite::params![k, v])?;
+                    tx.insert(k, Some(v));
+                }
+                c.execute_batch("COMMIT")
+            })();
+            match r {
+                Ok(()) => {
+                    for (k, v) in tx {
+                        model.insert(k, v.unwrap());
+                    }
+                }
+                Err(e) => {
+                    assert!(failed < 4, "step {i}: {e} with room");
+                    assert_eq!(
+                        e.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::DiskFull),
+                        "{e}"
+                    );
+                    if !c.is_autocommit() {
+                        c.execute_batch("ROLLBACK").unwrap();
+                    }
+                    failed += 1;
+                }
+            }
+            assert_eq!(gathered(&c).1, 0, "step {i}: bytes held");
+            let (rows_now, ok, _) = after_crash(&fs.dir, fs.outside.path(), &mut crashes);
+            assert_eq!(ok, "ok", "step {i}");
+            assert!(
+                rows_now == model,
+                "step {i}: a crash copy differs from the commits"
+            );
+            assert!(rows(&c).unwrap() == model, "step {i}: live rows");
+            if failed > 4 && i % 10 == 0 {
+                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+            }
+        }
+        assert!(failed > 4, "the file system never filled up");
+        drop(c);
+    }
+
+    /// A write of gathered frames that fails (ENOSPC) when a read of the
+    /// WAL writes them first is reported as a failed read: a statement
+    /// with a statement journal then only rolls itself back, SQLite
+    /// believes the spilled frames written, and the transaction commits
+    /// on top of frames that are not in the file.
+    #[test]
+    #[ignore = "bug: the error of a delayed write returned by xRead drops the gathered frames \
+                but SQLite takes it for a failed read and may commit without them"]
+    fn failed_delayed_write_does_not_let_the_transaction_commit() {
+        let Some(fs) = Tmpfs::mount("4m") else {
+            return;
+        };
+        let path = fs.dir.join("db");
+        let c = open(&path);
+        c.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=10;")
+            .unwrap();
+        for k in 0..100i64 {
+            c.execute(UPSERT, rusqlite::params![k, vec![1u8; 700]])
+                .unwrap();
+        }
+        // from an empty WAL, so that nothing reads the WAL meanwhile
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); BEGIN;")
+            .unwrap();
+        for k in 1000..1040i64 {
+            c.execute(UPSERT, rusqlite::params![k, vec![2u8; 700]])
+                .unwrap();
+        }
+        assert!(gathered(&c).1 > 0, "spilled frames gathered");
+        fs.fill(0);
+        // reads spilled pages back: the gathered frames are written first
+        let r = c.execute(
+            "INSERT INTO t(k, v) SELECT k + 100000, v FROM t WHERE k >= 1000",
+            [],
+        );
+        assert!(r.is_err(), "the file system is full");
+        fs.free();
+        let committed = !c.is_autocommit() && c.execute_batch("COMMIT").is_ok();
+        let want: Vec<i64> = if committed {
+            (1000..1040).collect()
+        } else {
+            Vec::new()
+        };
+        let (rows_now, ok, _) = after_crash(&fs.dir, fs.outside.path(), &mut 0);
+        assert_eq!(ok, "ok");
+        let got: Vec<i64> = rows_now.range(1000..).map(|(k, _)| *k).collect();
+        assert_eq!(got, want, "committed: {committed}; rows after a crash");
+        let live: rusqlite::Result<i64> =
+            c.query_row("SELECT count(*) FROM t WHERE k >= 1000", [], |r| r.get(0));
+        assert_eq!(live.ok(), Some(want.len() as i64), "live rows");
+        drop(c);
+    }
+
+    /// locking_mode=EXCLUSIVE keeps the wal-index in heap memory (no
+    /// -shm): commits, spilled ones too, are in the file when they return.
+    #[test]
+    fn exclusive_locking_mode_commits_are_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let copies = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let c = open(&path);
+        c.execute_batch("PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=8;")
+            .unwrap();
+        let mut model = BTreeMap::new();
+        let mut rng = 5u64;
+        let mut crashes = 0;
+        for i in 0..30 {
+            c.execute_batch("BEGIN").unwrap();
+            for _ in 0..1 + rnd(&mut rng) % 40 {
+                let k = (rnd(&mut rng) % 100) as i64;
+                let v = blob(&mut rng, 3000);
+                c.execute(UPSERT, rusqlite::params![k, v]).unwrap();
+                model.insert(k, v);
+            }
+            c.execute_batch("COMMIT").unwrap();
+            assert_eq!(gathered(&c).1, 0, "commit {i}: bytes held");
+            let (got, ok, _) = after_crash(dir.path(), copies.path(), &mut crashes);
+            assert_eq!(ok, "ok");
+            assert!(got == model, "commit {i}: a crash copy differs");
+        }
+    }
 }
