@@ -533,17 +533,22 @@ impl Backend {
     /// One mutation, one transaction: delete the replaced inode, replace the
     /// entry, replace `__version__`. Nothing is kept on error.
     pub fn write(&self, w: &RowWrite<'_>) -> Result<(), MemDbError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.err("begin transaction", e))?;
-        self.write_rows(w)?;
-        self.write_root(&w.root)?;
-        tx.commit().map_err(|e| self.err("commit transaction", e))?;
-        self.settle_wal()
+        let res = (|| {
+            let tx = self
+                .conn
+                .unchecked_transaction()
+                .map_err(|e| self.err("begin transaction", e))?;
+            self.write_rows(w)?;
+            self.write_root(&w.root)?;
+            tx.commit().map_err(|e| self.err("commit transaction", e))
+        })();
+        // the transaction is committed or rolled back (dropped) by now
+        let settled = self.settle_wal();
+        res.and(settled)
     }
 
-    /// Nothing of a committed transaction may stay gathered (walbuf.rs).
+    /// Nothing of a transaction, committed or rolled back, may stay
+    /// gathered (walbuf.rs: the VFS's contract with its owner).
     fn settle_wal(&self) -> Result<(), MemDbError> {
         crate::walbuf::settle(&self.conn).map_err(|rc| {
             self.err(
@@ -617,6 +622,19 @@ impl Backend {
         root: RootRow,
         accept: impl FnOnce(&Tree) -> Result<(), String>,
     ) -> Result<Tree, MemDbError> {
+        let res = self.commit_sync_tx(deletes, entries, root, accept);
+        // the transaction is committed or rolled back (dropped) by now
+        let settled = self.settle_wal();
+        res.and_then(|tree| settled.map(|()| tree))
+    }
+
+    fn commit_sync_tx(
+        &self,
+        deletes: &[Inode],
+        entries: &[Entry],
+        root: RootRow,
+        accept: impl FnOnce(&Tree) -> Result<(), String>,
+    ) -> Result<Tree, MemDbError> {
         let tx = self
             .conn
             .unchecked_transaction()
@@ -645,7 +663,6 @@ impl Backend {
             });
         }
         tx.commit().map_err(|e| self.err("commit transaction", e))?;
-        self.settle_wal()?;
         Ok(tree)
     }
 
