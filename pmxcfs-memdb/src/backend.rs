@@ -191,9 +191,11 @@ impl Backend {
                 "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT};"
             ))
             .map_err(|e| self.err("set synchronous mode", e))?;
-        self.conn
+        let created = self
+            .conn
             .execute_batch(SQL_CREATE)
-            .map_err(|e| self.err("init database", e))?;
+            .map_err(|e| self.err("init database", e));
+        created.and(self.settle_wal())?;
         if tree.root().version == 0 {
             let root = tree.root_mut();
             root.version = 1;
