@@ -142,6 +142,55 @@ def test_overwrites_from_other_nodes_reach_cached_readers(t):
                 os.close(fd)
 
 
+@timeout(120)
+def test_open_trunc_is_seen_at_once_on_its_node_and_everywhere(t):
+    """open(O_TRUNC) on n1, answered (our daemon multicasts the truncation without waiting for it, the handle's write follows it in agreed order): a read started right after it by another process on n1 sees the file empty, 40 rounds; closed without a write it is empty on every node, written through the handle it holds that everywhere."""
+    with Cluster(3) as c:
+        started(c)
+        n1 = c.nodes[0]
+        path = n1.path("t.cfg")
+        go_r, go_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # the reader: on each byte, read the file at once, report its size
+            code = 0
+            try:
+                os.close(go_w)
+                os.close(res_r)
+                while os.read(go_r, 1):
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        n = len(os.read(fd, 1 << 20))
+                    finally:
+                        os.close(fd)
+                    os.write(res_w, n.to_bytes(4, "little"))
+            except BaseException:  # noqa: BLE001
+                code = 3
+            os._exit(code)
+        os.close(go_r)
+        os.close(res_w)
+        try:
+            for rnd in range(40):
+                write_all(path, f"content {rnd}\n".encode() * 50)
+                fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+                try:
+                    os.write(go_w, b"g")
+                    size = int.from_bytes(os.read(res_r, 4), "little")
+                    eq(size, 0, f"round {rnd}: size read by another process right after open(O_TRUNC)")
+                    if rnd % 2:
+                        os.write(fd, b"new")
+                finally:
+                    os.close(fd)
+                want = b"new" if rnd % 2 else b""
+                wait_for(same_everywhere(c.nodes, "t.cfg", want), 10,
+                         what=f"round {rnd}: t.cfg {want!r} on every node")
+        finally:
+            os.close(go_w)
+            os.waitpid(pid, 0)
+            os.close(res_r)
+
+
 @timeout(90)
 def test_item4_vmid_conflicts_and_locks_across_nodes(t):
     """items 1, 4: a VMID on another node is EEXIST; a lock held on n1 is EEXIST on n2; utime of it on n2 (refresh or unlock request before expiry) is EACCES."""

@@ -56,6 +56,12 @@ pub trait StatusOps: Send + Sync + 'static {
     fn cluster_log(&self, max_entries: u32, user: &[u8]) -> Vec<u8>;
     /// GET_RRD_DUMP (op 10, `cfs_rrd_dump`), sent as is.
     fn rrd_dump(&self) -> Vec<u8>;
+    /// Before GET_CONFIG reads `path` from memdb: a change of that file the
+    /// daemon answered but has not applied yet is waited for (cluster
+    /// mode's open(O_TRUNC)).
+    fn before_config_read(&self, path: &str) {
+        let _ = path;
+    }
 }
 
 /// A connected client as the ops see it.
@@ -160,6 +166,7 @@ impl Handler {
                     return Err(Errno::EPERM);
                 }
                 let path = std::str::from_utf8(path).map_err(|_| Errno::ENOENT)?;
+                self.status.before_config_read(path);
                 self.memdb.read(path).ok_or(Errno::ENOENT)
             }
             Request::LogClusterMsg {

@@ -55,6 +55,16 @@ pub trait Submit: Send + Sync {
         let _ = inode;
         Ok(())
     }
+
+    /// Before an observer of `inode` on this node (FUSE lookup, getattr,
+    /// open, read; IPC GET_CONFIG) is answered: a change of it this node
+    /// answered but has not applied yet (cluster mode's open(O_TRUNC)) is
+    /// waited for. Local mode's deferral is settled inside memdb instead.
+    /// Returns whether it waited (the caller then reads the file again).
+    fn before_read(&self, inode: Inode) -> bool {
+        let _ = inode;
+        false
+    }
 }
 
 /// Local mode: always quorate, writer 0, applied immediately.

@@ -23,7 +23,9 @@ use pmxcfs_status::members::{ClusterInfo, MemberNode};
 use pmxcfs_status::Status;
 
 use crate::corosync_conf::{self, HostConf};
-use crate::dcdb::{dcdb_service, new_core, ClusterSubmitter, Cmd, Mcast, MemStore, SharedCore};
+use crate::dcdb::{
+    dcdb_service, new_core, ClusterSubmitter, Cmd, Inflight, Mcast, MemStore, SharedCore,
+};
 
 /// The dcdb CPG group (joined with its trailing NUL by the service).
 const DCDB_GROUP: &str = "pve_dcdb_v1";
@@ -50,6 +52,7 @@ pub struct ClusterSetup {
     /// The dcdb group's state machine and senders (the filesystem numbers
     /// and multicasts its messages itself).
     core: SharedCore,
+    inflight: Arc<Inflight>,
     tx: Sender<Cmd>,
     rx: Receiver<Cmd>,
 }
@@ -91,9 +94,16 @@ impl ClusterSetup {
             },
             quorate: Arc::new(AtomicBool::new(false)),
             core: new_core(),
+            inflight: Arc::new(Inflight::default()),
             tx,
             rx,
         }
+    }
+
+    /// open(O_TRUNC) truncations of this node not delivered yet (IPC
+    /// readers wait for them too).
+    pub fn inflight(&self) -> Arc<Inflight> {
+        self.inflight.clone()
     }
 
     /// The filesystem's Submit in cluster mode.
@@ -102,6 +112,7 @@ impl ClusterSetup {
             memdb: self.memdb.clone(),
             quorate: self.quorate.clone(),
             core: self.core.clone(),
+            inflight: self.inflight.clone(),
         })
     }
 
@@ -131,6 +142,7 @@ impl ClusterSetup {
             host_conf,
             quorate,
             core,
+            inflight: _,
             tx,
             rx,
         } = self;

@@ -349,6 +349,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
         .build()
         .context("unable to start the runtime")?;
     let kv_broadcast = cluster.as_ref().map(ClusterSetup::kvstore_sender);
+    let inflight = cluster.as_ref().map(ClusterSetup::inflight);
     // after the fork: threads do not survive it
     let cluster = match cluster {
         Some(setup) => Some(setup.start().context("unable to start cluster services")?),
@@ -368,6 +369,7 @@ pub fn run(cli: Cli, log: LogControl) -> Result<()> {
             clog: clog.clone(),
             nodename: nodename.clone(),
             kvstore: kv_broadcast.map(std::sync::Mutex::new),
+            inflight,
         }),
     };
     let served = Serve {

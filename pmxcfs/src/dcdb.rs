@@ -9,9 +9,10 @@
 //! [`Mcast`] so that tests can run the same code over an in-process group.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use pmxcfs_api_types::{
     now_secs, path_is_lockdir, Errno, FileKind, Inode, NodeId, Operation, TreeEntry,
@@ -122,7 +123,18 @@ pub type OnSynced = Box<dyn FnMut() -> Vec<(u16, Vec<u8>)> + Send>;
 pub struct Core {
     dfsm: Option<Dfsm>,
     mcast: Option<Box<dyn Mcast>>,
-    waiters: HashMap<u64, SyncSender<Option<i32>>>,
+    waiters: HashMap<u64, Done>,
+}
+
+/// What to do with the result of a message this node sent once it is
+/// delivered (None: never processed: connection lost, left the group).
+pub type Done = Box<dyn FnOnce(Option<i32>) + Send>;
+
+/// A sender blocked on its message's delivery.
+fn reply_to(tx: SyncSender<Option<i32>>) -> Done {
+    Box::new(move |r| {
+        let _ = tx.send(r);
+    })
 }
 
 pub type SharedCore = Arc<Mutex<Core>>;
@@ -145,8 +157,8 @@ impl Core {
     }
 
     fn abort_waiters(&mut self) {
-        for (_, w) in self.waiters.drain() {
-            let _ = w.send(None);
+        for (_, done) in self.waiters.drain() {
+            done(None);
         }
     }
 
@@ -157,27 +169,30 @@ impl Core {
         }
     }
 
-    /// Number and multicast a NORMAL message; with `reply`, the sender
-    /// waits there for its delivery (None: never processed).
-    fn send(&mut self, subtype: u16, payload: &[u8], reply: Option<SyncSender<Option<i32>>>) {
+    /// Number and multicast a NORMAL message; `done` gets the result of
+    /// its delivery here (None: never processed). Returns whether it was
+    /// multicast (`done` has been called with None if not).
+    fn send(&mut self, subtype: u16, payload: &[u8], done: Option<Done>) -> bool {
         let Some(d) = self.dfsm.as_mut() else {
-            if let Some(r) = reply {
-                let _ = r.send(None);
+            if let Some(done) = done {
+                done(None);
             }
-            return;
+            return false;
         };
         let (count, msg) = d.normal_message(subtype, payload, now_secs());
         match self.mcast(&msg) {
             Ok(()) => {
-                if let Some(r) = reply {
-                    self.waiters.insert(count, r);
+                if let Some(done) = done {
+                    self.waiters.insert(count, done);
                 }
+                true
             }
             Err(e) => {
                 tracing::error!("cpg_send_message failed: {e}");
-                if let Some(r) = reply {
-                    let _ = r.send(None);
+                if let Some(done) = done {
+                    done(None);
                 }
+                false
             }
         }
     }
@@ -292,8 +307,8 @@ impl<A: Application> GroupService<A> {
                     }
                 }
                 Output::LocalResult { count, result } => {
-                    if let Some(w) = core.waiters.remove(&count) {
-                        let _ = w.send(result);
+                    if let Some(done) = core.waiters.remove(&count) {
+                        done(result);
                     }
                 }
                 Output::AbortWaiters => core.abort_waiters(),
@@ -315,12 +330,72 @@ impl<A: Application> GroupService<A> {
     }
 }
 
+/// Truncations of open(O_TRUNC) multicast by this node and not yet
+/// delivered here: observers of such a file on this node wait for the
+/// delivery before they are answered (ARCHITECTURE.txt, "Deferred
+/// changes"). Only FUSE and IPC request threads wait; the CPG thread only
+/// ends entries, so no delivery ever waits on one.
+#[derive(Default)]
+pub struct Inflight {
+    map: Mutex<HashMap<Inode, usize>>,
+    cv: Condvar,
+    any: AtomicUsize,
+}
+
+/// Longest wait of an observer for an in-flight truncation (a stalled
+/// group: the message is answered, or aborted, when it recovers).
+const INFLIGHT_WAIT: Duration = Duration::from_secs(10);
+
+impl Inflight {
+    fn begin(&self, inode: Inode) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(inode).or_insert(0) += 1;
+        self.any.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self, inode: Inode) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&inode) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&inode);
+            }
+            self.any.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Wait until no truncation of `inode` sent by this node is in flight;
+    /// whether there was one.
+    pub fn wait(&self, inode: Inode) -> bool {
+        if self.any.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.contains_key(&inode) {
+            return false;
+        }
+        let (_m, t) = self
+            .cv
+            .wait_timeout_while(m, INFLIGHT_WAIT, |m| m.contains_key(&inode))
+            .unwrap_or_else(|p| p.into_inner());
+        if t.timed_out() {
+            tracing::warn!(
+                "inode {:#x}: truncation not delivered within {INFLIGHT_WAIT:?}",
+                inode.0
+            );
+        }
+        true
+    }
+}
+
 /// Cluster mode's [`Submit`]: every mutation is a dcdb message; the call
 /// returns the result of applying it on delivery.
 pub struct ClusterSubmitter {
     pub memdb: Arc<MemDb>,
     pub quorate: Arc<AtomicBool>,
     pub core: SharedCore,
+    pub inflight: Arc<Inflight>,
 }
 
 impl ClusterSubmitter {
@@ -328,7 +403,7 @@ impl ClusterSubmitter {
         let (subtype, payload) = operation_message(op).map_err(|_| Errno::EINVAL)?;
         let (reply, rx) = if wait {
             let (t, r) = mpsc::sync_channel(1);
-            (Some(t), Some(r))
+            (Some(reply_to(t)), Some(r))
         } else {
             (None, None)
         };
@@ -374,6 +449,48 @@ impl Submit for ClusterSubmitter {
 
     fn quorate(&self) -> bool {
         self.quorate.load(Ordering::Acquire)
+    }
+
+    /// open(O_TRUNC): the truncation is multicast at once but not waited
+    /// for: agreed order puts it before this node's later messages (the
+    /// handle's writes) on every node, and until it is delivered here the
+    /// observers of the file on this node wait ([`Inflight`]). So the
+    /// usual overwrite (open O_TRUNC, write, close) costs one round
+    /// through corosync, not two; close(2) returns after the delivery.
+    fn open_truncate(&self, path: &str, inode: Inode) -> Result<(), Errno> {
+        if !self.quorate() {
+            return Err(Errno::EACCES);
+        }
+        let op = Operation::Write {
+            path: path.to_string(),
+            offset: 0,
+            data: Vec::new(),
+            truncate: true,
+        };
+        let (subtype, payload) = operation_message(&op).map_err(|_| Errno::EINVAL)?;
+        self.inflight.begin(inode);
+        let inflight = self.inflight.clone();
+        let path = path.to_string();
+        let done: Done = Box::new(move |r| {
+            if let Some(r) = r.filter(|r| *r < 0) {
+                tracing::warn!("truncation of '{path}' at open failed on delivery ({r})");
+            }
+            inflight.end(inode);
+        });
+        if lock(&self.core).send(subtype, &payload, Some(done)) {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+
+    fn settle_open_truncate(&self, inode: Inode) -> Result<(), Errno> {
+        self.inflight.wait(inode);
+        Ok(())
+    }
+
+    fn before_read(&self, inode: Inode) -> bool {
+        self.inflight.wait(inode)
     }
 
     fn write_inode(
@@ -477,6 +594,7 @@ mod tests {
                     memdb,
                     quorate,
                     core,
+                    inflight: Arc::new(Inflight::default()),
                 },
                 _dir: dir,
             });
@@ -551,6 +669,60 @@ mod tests {
             }),
             Err(Errno::ENOENT)
         );
+    }
+
+    /// open(O_TRUNC) is answered before its truncation is delivered; an
+    /// observer of the file on the node waits for the delivery; the
+    /// handle's write follows it in agreed order on every node.
+    #[test]
+    fn open_truncate_is_answered_at_once_and_readers_wait_for_it() {
+        let (nodes, bus) = cluster(2);
+        let s = &nodes[0].submit;
+        s.submit(Operation::Create { path: "f".into() }).unwrap();
+        s.submit(Operation::Write {
+            path: "f".into(),
+            offset: 0,
+            data: b"old content".to_vec(),
+            truncate: true,
+        })
+        .unwrap();
+        let inode = nodes[0].memdb.getattr("f").unwrap().inode;
+        // hold every delivery back (the bus fans out under this lock)
+        let held = bus.lock().unwrap();
+        s.open_truncate("f", inode)
+            .expect("answered without the delivery");
+        assert_eq!(
+            nodes[0].memdb.read("f").as_deref(),
+            Some(&b"old content"[..]),
+            "not delivered yet"
+        );
+        let seen = std::thread::scope(|sc| {
+            let reader = sc.spawn(|| {
+                let t = Instant::now();
+                assert!(s.before_read(inode), "a truncation was in flight");
+                (nodes[0].memdb.read("f"), t.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+            reader.join().unwrap()
+        });
+        assert_eq!(
+            seen.0.as_deref(),
+            Some(&b""[..]),
+            "the reader saw the truncation"
+        );
+        assert!(
+            seen.1 >= Duration::from_millis(80),
+            "the reader waited for it"
+        );
+        assert!(!s.before_read(inode), "nothing in flight any more");
+        assert_eq!(s.write_inode(inode, 0, b"new", false, true), Ok(3));
+        wait_equal(&nodes);
+        assert_eq!(nodes[1].memdb.read("f").as_deref(), Some(&b"new"[..]));
+        // not quorate: refused at once, nothing in flight
+        nodes[0].quorate.store(false, Ordering::Release);
+        assert_eq!(s.open_truncate("f", inode), Err(Errno::EACCES));
+        assert!(!s.before_read(inode));
     }
 
     #[test]

@@ -253,12 +253,14 @@ impl CfsFs {
     fn attr_of(&self, ino: u64) -> Result<FileAttr, Errno> {
         match node_of(ino).ok_or(Errno::ENOENT)? {
             Node::Plugin(p) => Ok(self.plugin_attr(p)),
-            Node::Db(i) => self
-                .ctx
-                .memdb
-                .getattr_inode(i)
-                .map(|a| self.db_attr(&a))
-                .ok_or(Errno::ENOENT),
+            Node::Db(i) => {
+                self.submit.before_read(i);
+                self.ctx
+                    .memdb
+                    .getattr_inode(i)
+                    .map(|a| self.db_attr(&a))
+                    .ok_or(Errno::ENOENT)
+            }
         }
     }
 
@@ -301,7 +303,14 @@ impl CfsFs {
     }
 
     fn entry_reply(&self, path: &str, reply: ReplyEntry) {
-        match self.ctx.memdb.getattr(path) {
+        let mut attr = self.ctx.memdb.getattr(path);
+        if attr
+            .as_ref()
+            .is_some_and(|a| self.submit.before_read(a.inode))
+        {
+            attr = self.ctx.memdb.getattr(path);
+        }
+        match attr {
             Some(a) => reply.entry(&TTL, &self.db_attr(&a), Generation(0)),
             None => reply.error(fuser::Errno::ENOENT),
         }
@@ -605,6 +614,7 @@ impl Filesystem for CfsFs {
                 Ok(Handle::Plugin(Arc::new(self.ctx.content(p))))
             }
             Some(Node::Db(i)) => {
+                self.submit.before_read(i);
                 let a = self.ctx.memdb.getattr_inode(i).ok_or(Errno::ENOENT)?;
                 let trunc = trunc && a.kind == FileKind::File;
                 if trunc && !self.submit.quorate() {
@@ -648,10 +658,13 @@ impl Filesystem for CfsFs {
         reply: ReplyData,
     ) {
         match node_of(ino.0) {
-            Some(Node::Db(i)) => match self.ctx.memdb.read_inode(i, offset, size as usize) {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(fe(e)),
-            },
+            Some(Node::Db(i)) => {
+                self.submit.before_read(i);
+                match self.ctx.memdb.read_inode(i, offset, size as usize) {
+                    Ok(d) => reply.data(&d),
+                    Err(e) => reply.error(fe(e)),
+                }
+            }
             Some(Node::Plugin(_)) => {
                 let snapshot = match self.handles().map.get(&fh.0) {
                     Some(Handle::Plugin(data)) => Some(data.clone()),

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use pmxcfs_api_types::Errno;
 use pmxcfs_dfsm::kvstore_app::{log_message, update_message};
 
-use crate::dcdb::Cmd;
+use crate::dcdb::{Cmd, Inflight};
 use pmxcfs_ipc::{ClusterLogMessage, StatusOps};
 use pmxcfs_logger::ClusterLog;
 use pmxcfs_memdb::MemDb;
@@ -23,6 +23,8 @@ pub struct StatusBridge {
     /// Cluster mode: the kvstore group's service, which sends this node's
     /// status keys and cluster log entries to the others.
     pub kvstore: Option<Mutex<Sender<Cmd>>>,
+    /// Cluster mode: open(O_TRUNC) truncations not delivered yet.
+    pub inflight: Option<Arc<Inflight>>,
 }
 
 impl StatusBridge {
@@ -95,5 +97,11 @@ impl StatusOps for StatusBridge {
 
     fn rrd_dump(&self) -> Vec<u8> {
         self.status.rrd_dump_ipc()
+    }
+
+    fn before_config_read(&self, path: &str) {
+        if let (Some(inflight), Some(a)) = (&self.inflight, self.memdb.getattr(path)) {
+            inflight.wait(a.inode);
+        }
     }
 }
