@@ -62,6 +62,9 @@ pub trait StatusOps: Send + Sync + 'static {
     fn before_config_read(&self, path: &str) {
         let _ = path;
     }
+    /// The same before a request that reads several files (guest config
+    /// properties, VERIFY_TOKEN): any such change is waited for.
+    fn before_any_config_read(&self) {}
 }
 
 /// A connected client as the ops see it.
@@ -197,9 +200,11 @@ impl Handler {
             }
             Request::GetRrdDump => Ok(self.status.rrd_dump()),
             Request::GetGuestConfigProperty { guests, property } => {
+                self.status.before_any_config_read();
                 guest_config_properties(&self.memdb, guests, &[property])
             }
             Request::GetGuestConfigProperties { guests, properties } => {
+                self.status.before_any_config_read();
                 guest_config_properties(&self.memdb, guests, &properties)
             }
             Request::GuestConfigMalformed { vmid, errno } => {
@@ -209,7 +214,10 @@ impl Handler {
                     Err(Errno::ENOENT)
                 }
             }
-            Request::VerifyToken { token } => self.verify_token(token),
+            Request::VerifyToken { token } => {
+                self.status.before_any_config_read();
+                self.verify_token(token)
+            }
         }
     }
 

@@ -334,58 +334,110 @@ impl<A: Application> GroupService<A> {
 /// delivered here: observers of such a file on this node wait for the
 /// delivery before they are answered (ARCHITECTURE.txt, "Deferred
 /// changes"). Only FUSE and IPC request threads wait; the CPG thread only
-/// ends entries, so no delivery ever waits on one.
+/// ends entries, so no delivery ever waits on one. A truncation that
+/// failed or was never processed is remembered for the handle's close.
 #[derive(Default)]
 pub struct Inflight {
-    map: Mutex<HashMap<Inode, usize>>,
+    state: Mutex<InflightState>,
     cv: Condvar,
     any: AtomicUsize,
 }
 
+#[derive(Default)]
+struct InflightState {
+    pending: HashMap<Inode, usize>,
+    failed: HashMap<Inode, Errno>,
+}
+
 /// Longest wait of an observer for an in-flight truncation (a stalled
-/// group: the message is answered, or aborted, when it recovers).
-const INFLIGHT_WAIT: Duration = Duration::from_secs(10);
+/// group); after it the entry is given up (logged), so one stall costs
+/// observers one wait, not one each.
+const INFLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 impl Inflight {
+    fn lock(&self) -> MutexGuard<'_, InflightState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn begin(&self, inode: Inode) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry(inode).or_insert(0) += 1;
+        let mut st = self.lock();
+        *st.pending.entry(inode).or_insert(0) += 1;
+        st.failed.remove(&inode);
         self.any.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn end(&self, inode: Inode) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&inode) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&inode);
+    /// The truncation's result here (None: never processed, C's EACCES).
+    fn end(&self, inode: Inode, result: Option<i32>) {
+        let mut st = self.lock();
+        match result {
+            Some(r) if r >= 0 => {}
+            Some(r) => {
+                st.failed.insert(inode, Errno(-r));
             }
-            self.any.fetch_sub(1, Ordering::AcqRel);
+            None => {
+                st.failed.insert(inode, Errno::EACCES);
+            }
         }
+        Self::remove(&mut st, &self.any, inode);
         self.cv.notify_all();
+    }
+
+    fn remove(st: &mut InflightState, any: &AtomicUsize, inode: Inode) {
+        if let Some(n) = st.pending.get_mut(&inode) {
+            *n -= 1;
+            any.fetch_sub(1, Ordering::AcqRel);
+            if *n == 0 {
+                st.pending.remove(&inode);
+            }
+        }
     }
 
     /// Wait until no truncation of `inode` sent by this node is in flight;
     /// whether there was one.
     pub fn wait(&self, inode: Inode) -> bool {
+        self.wait_for(|st| st.pending.contains_key(&inode), Some(inode))
+    }
+
+    /// Wait until no truncation at all is in flight (readers of several
+    /// files); whether there was one.
+    pub fn wait_all(&self) -> bool {
+        self.wait_for(|st| !st.pending.is_empty(), None)
+    }
+
+    fn wait_for(&self, busy: impl Fn(&InflightState) -> bool, inode: Option<Inode>) -> bool {
         if self.any.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if !m.contains_key(&inode) {
+        let st = self.lock();
+        if !busy(&st) {
             return false;
         }
-        let (_m, t) = self
+        let (mut st, t) = self
             .cv
-            .wait_timeout_while(m, INFLIGHT_WAIT, |m| m.contains_key(&inode))
+            .wait_timeout_while(st, INFLIGHT_WAIT, |st| busy(st))
             .unwrap_or_else(|p| p.into_inner());
         if t.timed_out() {
-            tracing::warn!(
-                "inode {:#x}: truncation not delivered within {INFLIGHT_WAIT:?}",
-                inode.0
-            );
+            let given_up: Vec<Inode> = match inode {
+                Some(i) => vec![i],
+                None => st.pending.keys().copied().collect(),
+            };
+            for i in given_up {
+                tracing::warn!(
+                    "inode {:#x}: truncation not delivered within {INFLIGHT_WAIT:?}: given up",
+                    i.0
+                );
+                while st.pending.contains_key(&i) {
+                    Self::remove(&mut st, &self.any, i);
+                }
+                st.failed.insert(i, Errno::EACCES);
+            }
         }
         true
+    }
+
+    /// The failure of this node's last truncation of `inode`, once.
+    fn take_failure(&self, inode: Inode) -> Option<Errno> {
+        self.lock().failed.remove(&inode)
     }
 }
 
@@ -472,10 +524,14 @@ impl Submit for ClusterSubmitter {
         let inflight = self.inflight.clone();
         let path = path.to_string();
         let done: Done = Box::new(move |r| {
-            if let Some(r) = r.filter(|r| *r < 0) {
-                tracing::warn!("truncation of '{path}' at open failed on delivery ({r})");
+            match r {
+                Some(r) if r < 0 => {
+                    tracing::warn!("truncation of '{path}' at open failed on delivery ({r})")
+                }
+                None => tracing::warn!("truncation of '{path}' at open was not processed"),
+                _ => {}
             }
-            inflight.end(inode);
+            inflight.end(inode, r);
         });
         if lock(&self.core).send(subtype, &payload, Some(done)) {
             Ok(())
@@ -484,9 +540,14 @@ impl Submit for ClusterSubmitter {
         }
     }
 
+    /// The handle was never written: close(2) reports the truncation's
+    /// own result (C's open would have).
     fn settle_open_truncate(&self, inode: Inode) -> Result<(), Errno> {
         self.inflight.wait(inode);
-        Ok(())
+        match self.inflight.take_failure(inode) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn before_read(&self, inode: Inode) -> bool {
@@ -499,8 +560,28 @@ impl Submit for ClusterSubmitter {
         offset: u64,
         data: &[u8],
         truncate: bool,
-        _after_open_trunc: bool,
+        after_open_trunc: bool,
     ) -> Result<usize, Errno> {
+        // The handle's first write after open(O_TRUNC), whose truncation
+        // may still be in flight, may have failed (the file renamed or
+        // removed by another node first) or may never be processed (the
+        // group left): at offset 0 it carries the truncation itself (the
+        // flag truncates at its end: the same file either way when the
+        // truncation went through); elsewhere it waits for the truncation
+        // and fails as that did.
+        let mut truncate = truncate;
+        if after_open_trunc {
+            if offset == 0 {
+                truncate = true;
+            } else {
+                self.inflight.wait(inode);
+            }
+            if let Some(e) = self.inflight.take_failure(inode) {
+                if offset != 0 {
+                    return Err(e);
+                }
+            }
+        }
         // a detached (unlinked, still open) file is only this node's
         if self.memdb.getattr_inode(inode).is_some_and(|a| a.detached) {
             return self
@@ -723,6 +804,54 @@ mod tests {
         nodes[0].quorate.store(false, Ordering::Release);
         assert_eq!(s.open_truncate("f", inode), Err(Errno::EACCES));
         assert!(!s.before_read(inode));
+    }
+
+    /// Another node renames the file before this node's open(O_TRUNC)
+    /// truncation is delivered (it then fails with ENOENT): the handle's
+    /// first write at offset 0 carries the truncation itself, so the file
+    /// (now under the new name: same inode) holds exactly what was
+    /// written; a handle that never writes reports the failure at close.
+    #[test]
+    fn failed_open_truncation_is_carried_by_the_write_or_reported_at_close() {
+        let (nodes, bus) = cluster(2);
+        let s = &nodes[0].submit;
+        s.submit(Operation::Create { path: "f".into() }).unwrap();
+        s.submit(Operation::Write {
+            path: "f".into(),
+            offset: 0,
+            data: b"old content".to_vec(),
+            truncate: true,
+        })
+        .unwrap();
+        wait_equal(&nodes);
+        let inode = nodes[0].memdb.getattr("f").unwrap().inode;
+        for writes in [true, false] {
+            let (from, to) = if writes { ("f", "g") } else { ("g", "f") };
+            std::thread::scope(|sc| {
+                let held = bus.lock().unwrap();
+                // node 2's rename is multicast first, then node 1's truncation
+                let renamer = sc.spawn(|| {
+                    nodes[1].submit.submit(Operation::Rename {
+                        from: from.into(),
+                        to: to.into(),
+                    })
+                });
+                std::thread::sleep(Duration::from_millis(50));
+                s.open_truncate(from, inode).expect("answered at once");
+                drop(held);
+                renamer.join().unwrap().expect("rename");
+            });
+            if writes {
+                assert_eq!(s.write_inode(inode, 0, b"new", false, true), Ok(3));
+                wait_equal(&nodes);
+                for n in &nodes {
+                    assert_eq!(n.memdb.read("g").as_deref(), Some(&b"new"[..]));
+                }
+            } else {
+                assert_eq!(s.settle_open_truncate(inode), Err(Errno::ENOENT));
+                assert_eq!(nodes[0].memdb.read("f").as_deref(), Some(&b"new"[..]));
+            }
+        }
     }
 
     #[test]

@@ -857,7 +857,10 @@ impl Filesystem for CfsFs {
                 Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
                     // (EEXIST without such a file: the VMID is another
                     // node's, and stays EEXIST)
-                    let a = self.ctx.memdb.getattr(&path).ok_or(Errno::EEXIST)?;
+                    let mut a = self.ctx.memdb.getattr(&path).ok_or(Errno::EEXIST)?;
+                    if self.submit.before_read(a.inode) {
+                        a = self.ctx.memdb.getattr(&path).ok_or(Errno::EEXIST)?;
+                    }
                     if a.kind != FileKind::File {
                         return Err(Errno::EISDIR);
                     }

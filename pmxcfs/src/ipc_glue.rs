@@ -104,4 +104,10 @@ impl StatusOps for StatusBridge {
             inflight.wait(a.inode);
         }
     }
+
+    fn before_any_config_read(&self) {
+        if let Some(inflight) = &self.inflight {
+            inflight.wait_all();
+        }
+    }
 }
