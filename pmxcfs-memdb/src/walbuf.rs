@@ -312,10 +312,9 @@ unsafe extern "C" fn wal_write(
     ffi::SQLITE_OK
 }
 
-/// After a transaction: write whatever is still gathered (nothing, as
-/// SQLite writes today; a safety net should a version ever write after
-/// the commit frame). Err with SQLite's code if that write fails.
-pub(crate) fn settle(conn: &rusqlite::Connection) -> Result<(), c_int> {
+/// The connection's open WAL file if it is one of ours (a pointer valid
+/// while the connection is open and in WAL mode).
+fn our_wal(conn: &rusqlite::Connection) -> Option<*mut ffi::sqlite3_file> {
     let mut p: *mut c_void = std::ptr::null_mut();
     // SAFETY: SQLITE_FCNTL_JOURNAL_POINTER stores the connection's open
     // WAL (or journal) file pointer, or NULL, into `p`; the connection is
@@ -331,10 +330,19 @@ pub(crate) fn settle(conn: &rusqlite::Connection) -> Result<(), c_int> {
     let f = p.cast::<ffi::sqlite3_file>();
     // SAFETY: a non-NULL pointer is an open file of this connection; its
     // methods tell whether it is one of our WAL files.
-    if rc != ffi::SQLITE_OK || f.is_null() || !unsafe { std::ptr::eq((*f).pMethods, &WAL_METHODS) }
-    {
+    let ours = rc == ffi::SQLITE_OK
+        && !f.is_null()
+        && unsafe { std::ptr::eq((*f).pMethods, &WAL_METHODS) };
+    ours.then_some(f)
+}
+
+/// After a transaction: write whatever is still gathered (nothing, as
+/// SQLite writes today; a safety net should a version ever write after
+/// the commit frame). Err with SQLite's code if that write fails.
+pub(crate) fn settle(conn: &rusqlite::Connection) -> Result<(), c_int> {
+    let Some(f) = our_wal(conn) else {
         return Ok(());
-    }
+    };
     // SAFETY: one of our WAL files, used by this connection only, which
     // we hold.
     let held = unsafe { gather_of(f) }.buf.len();
@@ -580,35 +588,22 @@ mod tests {
         let c = open(&path);
         let other = Connection::open(&path).unwrap();
         let mut rng = 7u64;
+        let mut crashes = 0;
         for i in 0..300i64 {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let len = (rng >> 33) as usize % 9000;
+            let len = rnd(&mut rng) as usize % 9000;
             let v = vec![(i % 251) as u8; len];
-            c.execute(
-                "INSERT INTO t(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = ?2",
-                rusqlite::params![i % 40, v],
-            )
-            .unwrap();
+            c.execute(UPSERT, rusqlite::params![i % 40, v]).unwrap();
             let got: Vec<u8> = other
                 .query_row("SELECT v FROM t WHERE k = ?1", [i % 40], |r| r.get(0))
                 .unwrap();
             assert_eq!(got, v, "commit {i} seen by another connection");
             if i % 50 == 0 {
-                let copy = dir.path().join(format!("copy{i}"));
-                std::fs::create_dir(&copy).unwrap();
-                for f in ["db", "db-wal"] {
-                    std::fs::copy(dir.path().join(f), copy.join(f)).unwrap();
-                }
-                let crashed = Connection::open(copy.join("db")).unwrap();
-                let got: Vec<u8> = crashed
-                    .query_row("SELECT v FROM t WHERE k = ?1", [i % 40], |r| r.get(0))
-                    .unwrap();
-                assert_eq!(got, v, "commit {i} in a copy of the files");
-                let ok: String = crashed
-                    .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                    .unwrap();
+                let (rows, ok, _) = after_crash(dir.path(), dir.path(), &mut crashes);
+                assert_eq!(
+                    rows.get(&(i % 40)),
+                    Some(&v),
+                    "commit {i} in a copy of the files"
+                );
                 assert_eq!(ok, "ok");
             }
         }
@@ -645,23 +640,10 @@ mod tests {
     }
 
     fn gathered(c: &Connection) -> (u64, usize) {
-        let mut p: *mut c_void = std::ptr::null_mut();
-        // SAFETY: SQLITE_FCNTL_JOURNAL_POINTER stores the open WAL file's
-        // pointer into `p`; the connection is alive and its WAL is open, so
-        // it is one of our files, checked by its methods before gather_of.
-        unsafe {
-            let rc = ffi::sqlite3_file_control(
-                c.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-                (&mut p as *mut *mut c_void).cast(),
-            );
-            assert_eq!(rc, ffi::SQLITE_OK);
-            let f = p.cast::<ffi::sqlite3_file>();
-            assert!(std::ptr::eq((*f).pMethods, &WAL_METHODS));
-            let g = gather_of(f);
-            (g.writes, g.buf.len())
-        }
+        let f = our_wal(c).expect("our WAL file is open");
+        // SAFETY: one of our WAL files, of this connection, which we hold.
+        let g = unsafe { gather_of(f) };
+        (g.writes, g.buf.len())
     }
 
     /// A transaction that spills pages to the WAL and changes them again
@@ -693,19 +675,8 @@ mod tests {
         }
         c.execute_batch("COMMIT;").unwrap();
         assert_eq!(gathered(&c).1, 0, "nothing held back after the commit");
-        let copy = dir.path().join("copy");
-        std::fs::create_dir(&copy).unwrap();
-        for f in ["db", "db-wal"] {
-            std::fs::copy(dir.path().join(f), copy.join(f)).unwrap();
-        }
-        let r = Connection::open(copy.join("db")).unwrap();
-        let n: i64 = r
-            .query_row(
-                "SELECT count(*) FROM t WHERE v = ?1",
-                [vec![2u8; 700]],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let (rows, _, _) = after_crash(dir.path(), dir.path(), &mut 0);
+        let n = rows.values().filter(|v| **v == vec![2u8; 700]).count();
         assert_eq!(n, 300);
     }
 
@@ -718,21 +689,14 @@ mod tests {
         c.execute("INSERT INTO t(k, v) VALUES (1, x'00')", [])
             .unwrap();
         let wal_len = std::fs::metadata(dir.path().join("db-wal")).unwrap().len();
-        let mut p: *mut c_void = std::ptr::null_mut();
-        // SAFETY: as in `gathered`; then a 24-byte write past the end of
-        // the WAL through our method (an invalid frame header: all zero
-        // salts, which recovery ignores) is gathered, not written.
-        unsafe {
-            ffi::sqlite3_file_control(
-                c.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-                (&mut p as *mut *mut c_void).cast(),
-            );
-            let zeros = [0u8; FRAME_HEADER];
-            let rc = wal_write(p.cast(), zeros.as_ptr().cast(), 24, wal_len as i64);
-            assert_eq!(rc, ffi::SQLITE_OK);
-        }
+        let f = our_wal(&c).expect("our WAL file is open");
+        let zeros = [0u8; FRAME_HEADER];
+        // SAFETY: one of our WAL files, of this connection; a 24-byte
+        // write past the end of the WAL through our method (an invalid
+        // frame header: all zero salts, which recovery ignores) is
+        // gathered, not written.
+        let rc = unsafe { wal_write(f, zeros.as_ptr().cast(), 24, wal_len as i64) };
+        assert_eq!(rc, ffi::SQLITE_OK);
         assert_eq!(gathered(&c).1, FRAME_HEADER);
         settle(&c).unwrap();
         assert_eq!(gathered(&c).1, 0);
@@ -783,18 +747,7 @@ mod tests {
 
     /// Whether the connection has one of our WAL files open.
     fn our_wal_open(c: &Connection) -> bool {
-        let mut p: *mut c_void = std::ptr::null_mut();
-        // SAFETY: as in `gathered`; a NULL or foreign file is only compared.
-        unsafe {
-            ffi::sqlite3_file_control(
-                c.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-                (&mut p as *mut *mut c_void).cast(),
-            );
-            let f = p.cast::<ffi::sqlite3_file>();
-            !f.is_null() && std::ptr::eq((*f).pMethods, &WAL_METHODS)
-        }
+        our_wal(c).is_some()
     }
 
     fn rows(c: &Connection) -> rusqlite::Result<BTreeMap<i64, Vec<u8>>> {
