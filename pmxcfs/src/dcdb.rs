@@ -752,6 +752,19 @@ mod tests {
         );
     }
 
+    /// Create `path` holding `data` through `s`; its inode.
+    fn file_with(s: &ClusterSubmitter, path: &str, data: &[u8]) -> Inode {
+        s.submit(Operation::Create { path: path.into() }).unwrap();
+        s.submit(Operation::Write {
+            path: path.into(),
+            offset: 0,
+            data: data.to_vec(),
+            truncate: true,
+        })
+        .unwrap();
+        s.memdb.getattr(path).unwrap().inode
+    }
+
     /// open(O_TRUNC) is answered before its truncation is delivered; an
     /// observer of the file on the node waits for the delivery; the
     /// handle's write follows it in agreed order on every node.
@@ -759,15 +772,7 @@ mod tests {
     fn open_truncate_is_answered_at_once_and_readers_wait_for_it() {
         let (nodes, bus) = cluster(2);
         let s = &nodes[0].submit;
-        s.submit(Operation::Create { path: "f".into() }).unwrap();
-        s.submit(Operation::Write {
-            path: "f".into(),
-            offset: 0,
-            data: b"old content".to_vec(),
-            truncate: true,
-        })
-        .unwrap();
-        let inode = nodes[0].memdb.getattr("f").unwrap().inode;
+        let inode = file_with(s, "f", b"old content");
         // hold every delivery back (the bus fans out under this lock)
         let held = bus.lock().unwrap();
         s.open_truncate("f", inode)
@@ -815,16 +820,8 @@ mod tests {
     fn failed_open_truncation_is_carried_by_the_write_or_reported_at_close() {
         let (nodes, bus) = cluster(2);
         let s = &nodes[0].submit;
-        s.submit(Operation::Create { path: "f".into() }).unwrap();
-        s.submit(Operation::Write {
-            path: "f".into(),
-            offset: 0,
-            data: b"old content".to_vec(),
-            truncate: true,
-        })
-        .unwrap();
+        let inode = file_with(s, "f", b"old content");
         wait_equal(&nodes);
-        let inode = nodes[0].memdb.getattr("f").unwrap().inode;
         for writes in [true, false] {
             let (from, to) = if writes { ("f", "g") } else { ("g", "f") };
             std::thread::scope(|sc| {
