@@ -535,18 +535,31 @@ impl Backend {
     /// One mutation, one transaction: delete the replaced inode, replace the
     /// entry, replace `__version__`. Nothing is kept on error.
     pub fn write(&self, w: &RowWrite<'_>) -> Result<(), MemDbError> {
+        self.transaction(|| {
+            self.write_rows(w)?;
+            self.write_root(&w.root)
+        })
+    }
+
+    /// `body` in one SQLite transaction, committed if it returns Ok and
+    /// rolled back otherwise; either way nothing of it stays gathered in
+    /// the WAL afterwards (walbuf.rs: the VFS's contract with its owner).
+    fn transaction<T>(
+        &self,
+        body: impl FnOnce() -> Result<T, MemDbError>,
+    ) -> Result<T, MemDbError> {
         let res = (|| {
             let tx = self
                 .conn
                 .unchecked_transaction()
                 .map_err(|e| self.err("begin transaction", e))?;
-            self.write_rows(w)?;
-            self.write_root(&w.root)?;
-            tx.commit().map_err(|e| self.err("commit transaction", e))
+            let value = body()?;
+            tx.commit().map_err(|e| self.err("commit transaction", e))?;
+            Ok(value)
         })();
         // the transaction is committed or rolled back (dropped) by now
         let settled = self.settle_wal();
-        res.and(settled)
+        res.and_then(|value| settled.map(|()| value))
     }
 
     /// Nothing of a transaction, committed or rolled back, may stay
@@ -624,48 +637,30 @@ impl Backend {
         root: RootRow,
         accept: impl FnOnce(&Tree) -> Result<(), String>,
     ) -> Result<Tree, MemDbError> {
-        let res = self.commit_sync_tx(deletes, entries, root, accept);
-        // the transaction is committed or rolled back (dropped) by now
-        let settled = self.settle_wal();
-        res.and_then(|tree| settled.map(|()| tree))
-    }
-
-    fn commit_sync_tx(
-        &self,
-        deletes: &[Inode],
-        entries: &[Entry],
-        root: RootRow,
-        accept: impl FnOnce(&Tree) -> Result<(), String>,
-    ) -> Result<Tree, MemDbError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.err("begin transaction", e))?;
-        for &del in deletes {
-            self.write_rows(&RowWrite {
-                entry: None,
-                delete: Some(del),
-                root,
-            })?;
-        }
-        for e in entries {
-            self.write_rows(&RowWrite {
-                entry: Some(e),
-                delete: None,
-                root,
-            })?;
-        }
-        self.write_root(&root)?;
-        let tree = self.load()?;
-        if let Err(reason) = accept(&tree) {
-            // dropping the transaction rolls it back
-            return Err(MemDbError::Inconsistent {
+        self.transaction(|| {
+            for &del in deletes {
+                self.write_rows(&RowWrite {
+                    entry: None,
+                    delete: Some(del),
+                    root,
+                })?;
+            }
+            for e in entries {
+                self.write_rows(&RowWrite {
+                    entry: Some(e),
+                    delete: None,
+                    root,
+                })?;
+            }
+            self.write_root(&root)?;
+            let tree = self.load()?;
+            // an Err rolls the transaction back
+            accept(&tree).map_err(|reason| MemDbError::Inconsistent {
                 path: self.path.clone(),
                 reason,
-            });
-        }
-        tx.commit().map_err(|e| self.err("commit transaction", e))?;
-        Ok(tree)
+            })?;
+            Ok(tree)
+        })
     }
 
     /// Merge the WAL into the database file (on clean shutdown).
