@@ -392,6 +392,12 @@ impl Inflight {
         }
     }
 
+    /// Whether any truncation is in flight (a lock-free check, for callers
+    /// that must look something up before they can wait).
+    pub fn busy(&self) -> bool {
+        self.any.load(Ordering::Acquire) != 0
+    }
+
     /// Wait until no truncation of `inode` sent by this node is in flight;
     /// whether there was one.
     pub fn wait(&self, inode: Inode) -> bool {
@@ -405,7 +411,7 @@ impl Inflight {
     }
 
     fn wait_for(&self, busy: impl Fn(&InflightState) -> bool, inode: Option<Inode>) -> bool {
-        if self.any.load(Ordering::Acquire) == 0 {
+        if !self.busy() {
             return false;
         }
         let st = self.lock();

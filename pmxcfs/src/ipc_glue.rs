@@ -100,7 +100,11 @@ impl StatusOps for StatusBridge {
     }
 
     fn before_config_read(&self, path: &str) {
-        if let (Some(inflight), Some(a)) = (&self.inflight, self.memdb.getattr(path)) {
+        // the path lookup only when something is in flight at all
+        let Some(inflight) = self.inflight.as_ref().filter(|i| i.busy()) else {
+            return;
+        };
+        if let Some(a) = self.memdb.getattr(path) {
             inflight.wait(a.inode);
         }
     }
