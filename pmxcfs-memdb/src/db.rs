@@ -123,16 +123,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, MemDbError> {
     let entries = tree
         .sorted()
         .into_iter()
-        .map(|e| TreeEntry {
-            inode: e.inode,
-            parent: e.parent,
-            version: e.version,
-            writer: e.writer,
-            mtime: e.mtime,
-            kind: e.kind,
-            name: e.name.clone(),
-            data: e.data.to_vec(),
-        })
+        .map(Entry::to_tree_entry)
         .collect();
     Ok(Inspection {
         entries,
@@ -1083,16 +1074,7 @@ impl MemDb {
         self.settle_all();
         let st = self.read_state();
         let e = st.tree.get(inode)?;
-        Some(TreeEntry {
-            inode: e.inode,
-            parent: e.parent,
-            version: e.version,
-            writer: e.writer,
-            mtime: e.mtime,
-            kind: e.kind,
-            name: e.name.clone(),
-            data: e.data.to_vec(),
-        })
+        Some(e.to_tree_entry())
     }
 
     /// Make this database the leader's (`bdb_backend_commit_update`): in

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use pmxcfs_api_types::{FileKind, Inode};
+use pmxcfs_api_types::{FileKind, Inode, TreeEntry};
 
 /// One file or directory.
 #[derive(Clone, Debug)]
@@ -29,6 +29,20 @@ impl Entry {
 
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Dir
+    }
+
+    /// The entry as a resync sends it and `--print-index` shows it.
+    pub fn to_tree_entry(&self) -> TreeEntry {
+        TreeEntry {
+            inode: self.inode,
+            parent: self.parent,
+            version: self.version,
+            writer: self.writer,
+            mtime: self.mtime,
+            kind: self.kind,
+            name: self.name.clone(),
+            data: self.data.to_vec(),
+        }
     }
 }
 
