@@ -418,15 +418,24 @@ class Node:
 
     def stop_corosync(self, sig=signal.SIGTERM, timeout=10.0):
         """Signal corosync and wait for it; returns its exit code."""
-        pw = self.corosync
+        return self._stop(self.corosync, "corosync", sig, timeout)
+
+    def _stop(self, pw, what, sig, timeout, hangs=None):
+        """Signal `pw` and wait; returns its exit code (None if it was never
+        started). One that does not exit in time is SIGKILLed and
+        TestFailure raised with its thread states (also appended to
+        `hangs`)."""
         if pw is None or pw.poll() is not None:
             return None if pw is None else pw.returncode
         pw.signal(sig)
         rc = pw.wait(timeout)
         if rc is None:
             threads = harness._thread_states(pw.pid)
+            if hangs is not None:
+                hangs.append(threads)
             harness.kill_proc(pw, 1.0)
-            raise TestFailure(f"{self.name}: corosync did not exit within {timeout}s (killed){threads}")
+            raise TestFailure(
+                f"{self.name}: {what} did not exit within {timeout:.1f}s after {signal.Signals(sig).name} (killed){threads}")
         return rc
 
     def quorum(self):
@@ -599,18 +608,7 @@ class Node:
         """Signal pmxcfs and wait; returns its exit code. A daemon that does
         not exit in time is SIGKILLed and TestFailure raised with its thread
         states (also kept in pmxcfs_hangs)."""
-        pw = self.pmxcfs
-        if pw is None or pw.poll() is not None:
-            return None if pw is None else pw.returncode
-        pw.signal(sig)
-        rc = pw.wait(timeout)
-        if rc is None:
-            threads = harness._thread_states(pw.pid)
-            self.pmxcfs_hangs.append(threads)
-            harness.kill_proc(pw, 1.0)
-            raise TestFailure(
-                f"{self.name}: pmxcfs did not exit within {timeout:.1f}s after {signal.Signals(sig).name} (killed){threads}")
-        return rc
+        return self._stop(self.pmxcfs, "pmxcfs", sig, timeout, self.pmxcfs_hangs)
 
     def kill9_pmxcfs(self):
         """SIGKILL pmxcfs (its mount stays behind, dead: ENOTCONN)."""
