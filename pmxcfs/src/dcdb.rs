@@ -579,11 +579,11 @@ impl Submit for ClusterSubmitter {
         if after_open_trunc {
             if offset == 0 {
                 truncate = true;
+                // carried here: how the open's truncation ended no longer matters
+                self.inflight.take_failure(inode);
             } else {
                 self.inflight.wait(inode);
-            }
-            if let Some(e) = self.inflight.take_failure(inode) {
-                if offset != 0 {
+                if let Some(e) = self.inflight.take_failure(inode) {
                     return Err(e);
                 }
             }
